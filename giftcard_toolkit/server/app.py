@@ -1,0 +1,574 @@
+"""The HTTP face of the GiftCard server: FastAPI routes over the :class:`Ledger`.
+
+This module authenticates, reads and validates requests (``fields``), applies the
+``Idempotency-Key`` rules, and turns the ledger's answers into responses. What a request
+*does* to cards and money is decided in ``ledger`` alone.
+
+Route handlers are plain ``def`` functions, so FastAPI runs them in its thread pool: the
+event loop keeps accepting requests while SQLite commits, and the ledger's write lock
+serialises the money.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from giftcard_toolkit.server import schemas
+from giftcard_toolkit.server.auth import REALM, Authenticator, User
+from giftcard_toolkit.server.fields import (
+    Fields,
+    InvalidRequest,
+    idempotency_key,
+    parse_json_object,
+    path_guid,
+)
+from giftcard_toolkit.server.ledger import (
+    Idempotency,
+    IdempotencyLost,
+    Ledger,
+    decline_body,
+    dumps,
+)
+
+log = logging.getLogger("giftcard_toolkit.server")
+access_log = logging.getLogger("giftcard_toolkit.server.access")
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+_PROBLEM_TYPES = {
+    400: "https://tools.ietf.org/html/rfc9110#section-15.5.1",
+    401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
+    409: "https://tools.ietf.org/html/rfc9110#section-15.5.10",
+    422: "https://tools.ietf.org/html/rfc9110#section-15.5.21",
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("giftcard_toolkit")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# ------------------------------------------------------------- request context
+
+
+@dataclass
+class _RequestContext:
+    correlation_id: str
+    user: str | None = None
+
+
+_context: contextvars.ContextVar[_RequestContext | None] = contextvars.ContextVar(
+    "giftcard_request", default=None
+)
+_CORRELATION_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# The production server's routes are case-insensitive; so are ours.
+_STATIC_ROUTES = {
+    p.lower(): p
+    for p in (
+        "/Health",
+        "/Auth/verify",
+        "/v1/Token",
+        "/Transaction/balancecheck",
+        "/Transaction/sellnewcard",
+        "/Transaction/reload",
+        "/Transaction/radeem",
+        "/Transaction/changestatus",
+    )
+}
+_BATCH_ROUTE = re.compile(r"^/batch/(batch/)?([^/]+)$", re.IGNORECASE)
+
+
+def canonical_path(path: str) -> str:
+    found = _STATIC_ROUTES.get(path.lower())
+    if found:
+        return found
+    match = _BATCH_ROUTE.match(path)
+    if match:
+        return f"/Batch/{'batch/' if match.group(1) else ''}{match.group(2)}"
+    return path
+
+
+class _Boundary:
+    """Outermost ASGI layer: case-insensitive routes, correlation ids, the access log, and
+    the system-error answer (``999999``) for anything that escaped a handler."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = canonical_path(scope["path"])
+        query = scope.get("query_string", b"")
+        if query and query.lower() != query:
+            query = urlencode([(k.lower(), v) for k, v in parse_qsl(query.decode("latin-1"))])
+            query = query.encode("latin-1")
+        scope = {**scope, "path": path, "raw_path": path.encode(), "query_string": query}
+        offered = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-correlation-id"), ""
+        )
+        cid = offered if _CORRELATION_ID.match(offered) else uuid.uuid4().hex[:16]
+        context = _RequestContext(cid)
+        token = _context.set(context)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-correlation-id", cid.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            unavailable = isinstance(exc, sqlite3.OperationalError)
+            log.error(
+                "system error cid=%s %s %s: %s",
+                cid,
+                scope["method"],
+                path,
+                type(exc).__name__,
+                exc_info=not unavailable,
+            )
+            if status == 0:
+                status = 503 if unavailable else 500
+                detail = (
+                    "the database is busy or unreachable; retry shortly"
+                    if unavailable
+                    else "unexpected server error"
+                )
+                body = dumps(
+                    decline_body("999999")
+                    | {"description": f"System error: {detail} (correlation id {cid})"}
+                ).encode()
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": status,
+                        "headers": [
+                            (b"content-type", JSON.encode()),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": body})
+        finally:
+            access_log.info(
+                "%s %s %s %.1fms user=%s cid=%s",
+                scope["method"],
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+                context.user or "-",
+                cid,
+            )
+            _context.reset(token)
+
+
+# ------------------------------------------------------------------ responses
+
+
+def json_response(text: str, *, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=text, media_type=JSON, headers=headers)
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str | None = None,
+    errors: dict[str, list[str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {"type": _PROBLEM_TYPES[status], "title": title, "status": status}
+    if detail:
+        body["detail"] = detail
+    if errors:
+        body["errors"] = errors
+    context = _context.get()
+    if context:
+        body["traceId"] = context.correlation_id
+    return Response(content=dumps(body), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+class Unauthorized(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+_STANDARD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": schemas.Problem, "description": "Malformed request"},
+    401: {"model": schemas.Problem, "description": "Missing or wrong credentials"},
+}
+_IDEMPOTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **_STANDARD_RESPONSES,
+    409: {
+        "model": schemas.Problem,
+        "description": "A request with this Idempotency-Key is in flight",
+    },
+    422: {"model": schemas.Problem, "description": "Idempotency-Key reused with another body"},
+}
+
+
+def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model, "description": "Approved or declined (see statuscode)"}}
+
+
+# ------------------------------------------------------------------------ app
+
+
+def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) -> FastAPI:
+    """The FastAPI application serving the contract over ``ledger``."""
+    auth = authenticator or Authenticator(ledger)
+    app = FastAPI(
+        title="POSPointe GiftCard Server (giftcard_toolkit)",
+        version=_version(),
+        description="Implements the giftcard_toolkit API contract. Authenticate with HTTP "
+        "Basic on every endpoint but /Health.",
+    )
+    app.state.ledger = ledger
+    app.state.authenticator = auth
+    app.add_middleware(_Boundary)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(request: Request, exc: InvalidRequest) -> Response:
+        return problem(400, "One or more validation errors occurred.", errors=exc.errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_query(request: Request, exc: RequestValidationError) -> Response:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors():
+            name = str(error["loc"][-1]) if error.get("loc") else "request"
+            errors.setdefault(name, []).append(f"{name}: {error.get('msg', 'invalid value')}")
+        return problem(400, "One or more validation errors occurred.", errors=errors)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, exc: Unauthorized) -> Response:
+        return problem(401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": REALM})
+
+    async def current_user(request: Request) -> User:
+        header = request.headers.get("authorization")
+        user = auth.cached(header)
+        if user is None and header:
+            user = await run_in_threadpool(auth.authenticate, header)
+        if user is None:
+            if header is None:
+                detail = "send Authorization: Basic base64(username:password)"
+            elif ledger.user_count() == 0:
+                detail = (
+                    "this server has no users yet: add one with 'giftcard-toolkit admin add-user'"
+                )
+            else:
+                detail = "wrong username or password (or a malformed Basic header)"
+            raise Unauthorized(detail)
+        context = _context.get()
+        if context:
+            context.user = user.username
+        return user
+
+    async def body(request: Request) -> Fields:
+        return Fields(parse_json_object(await request.body()))
+
+    async def optional_body(request: Request) -> Fields:
+        return Fields(parse_json_object(await request.body(), required=False))
+
+    def idempotent(
+        request: Request,
+        user: User,
+        fields: Fields,
+        apply: Callable[[Idempotency | None, str | None], str],
+    ) -> Response:
+        """Apply a money-moving request under its ``Idempotency-Key``, if it has one."""
+        key = idempotency_key(request.headers.get("idempotency-key"))
+        if key is None:
+            return json_response(apply(None, None))
+        endpoint = f"{request.method} {request.url.path}"
+        idem = Idempotency(user.username, endpoint, key, fields.canonical_json())
+        reservation = ledger.reserve(idem)
+        if reservation.outcome == "replay":
+            return json_response(
+                reservation.response or "", headers={"Idempotent-Replayed": "true"}
+            )
+        if reservation.outcome == "mismatch":
+            return problem(
+                422,
+                "Idempotency-Key reused with a different body",
+                "this key was used for another request in the last 24 hours; "
+                "send a new key for a new request",
+            )
+        if reservation.outcome == "in_flight":
+            return problem(
+                409,
+                "A request with this Idempotency-Key is in flight",
+                "wait for the first request to finish, then retry with the same key",
+            )
+        owner = reservation.owner
+        try:
+            return json_response(apply(idem, owner))
+        except IdempotencyLost:
+            return problem(
+                409,
+                "A request with this Idempotency-Key is in flight",
+                "retry with the same key to get its answer",
+            )
+        except BaseException:
+            ledger.release(idem, owner or "")
+            raise
+
+    # ------------------------------------------------------------------ routes
+
+    @app.get(
+        "/Health",
+        tags=["Health"],
+        responses={200: {"model": schemas.Health}, 503: {"model": schemas.Health}},
+    )
+    def health() -> Response:
+        healthy = ledger.healthy()
+        body = {
+            "status": "Healthy" if healthy else "Unhealthy",
+            "version": _version(),
+            "time": datetime.now(UTC).astimezone(ledger.tz).isoformat(),
+        }
+        return Response(dumps(body), status_code=200 if healthy else 503, media_type=JSON)
+
+    @app.put(
+        "/Auth/verify",
+        tags=["Auth"],
+        responses={**_ok(schemas.Verification), 401: _STANDARD_RESPONSES[401]},
+    )
+    def verify(user: User = Depends(current_user)) -> Response:
+        stores = [s for s in ledger.stores() if s.id in user.stores]
+        return json_response(
+            dumps(
+                {
+                    "statuscode": "000000",
+                    "description": "Success",
+                    "username": user.username,
+                    "stores": [
+                        {"franchiseeid": s.id, "storename": s.name, "storeaddress": s.address}
+                        for s in stores
+                    ],
+                }
+            )
+        )
+
+    @app.post(
+        "/v1/Token",
+        tags=["Tokenization"],
+        responses={**_ok(schemas.TokenApproved | schemas.Decline), **_STANDARD_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.TokenRequest),
+    )
+    def token(user: User = Depends(current_user), fields: Fields = Depends(body)) -> Response:
+        number = fields.card_number("cardnumber")
+        code = fields.security_code("securitycode")
+        fields.check()
+        assert number is not None and code is not None
+        return json_response(ledger.tokenize(user.username, number, code))
+
+    @app.post(
+        "/Transaction/balancecheck",
+        tags=["Transaction"],
+        responses={**_ok(schemas.BalanceApproved | schemas.Decline), **_STANDARD_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.CardRequest),
+    )
+    def balancecheck(
+        user: User = Depends(current_user), fields: Fields = Depends(body)
+    ) -> Response:
+        ref = fields.card_ref()
+        fields.check()
+        assert ref is not None
+        return json_response(ledger.balance(user.username, ref))
+
+    def load(request: Request, user: User, fields: Fields, *, sale: bool) -> Response:
+        ref = fields.card_ref()
+        amount = fields.money("amount", required=True)
+        store_id = fields.guid("FranchiseeID")
+        pos_ref = fields.text("PosRef", max_length=100)
+        fields.check()
+        assert ref is not None and amount is not None and store_id is not None
+        return idempotent(
+            request,
+            user,
+            fields,
+            lambda idem, owner: ledger.load(
+                user.username,
+                user.stores,
+                ref,
+                amount,
+                store_id,
+                pos_ref,
+                sale=sale,
+                idem=idem,
+                owner=owner,
+            ),
+        )
+
+    @app.post(
+        "/Transaction/sellnewcard",
+        tags=["Transaction"],
+        responses={**_ok(schemas.LoadApproved | schemas.Decline), **_IDEMPOTENT_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.LoadRequest),
+    )
+    def sellnewcard(
+        request: Request, user: User = Depends(current_user), fields: Fields = Depends(body)
+    ) -> Response:
+        return load(request, user, fields, sale=True)
+
+    @app.post(
+        "/Transaction/reload",
+        tags=["Transaction"],
+        responses={**_ok(schemas.LoadApproved | schemas.Decline), **_IDEMPOTENT_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.LoadRequest),
+    )
+    def reload(
+        request: Request, user: User = Depends(current_user), fields: Fields = Depends(body)
+    ) -> Response:
+        return load(request, user, fields, sale=False)
+
+    @app.post(
+        "/Transaction/radeem",
+        tags=["Transaction"],
+        responses={**_ok(schemas.RedeemApproved | schemas.Decline), **_IDEMPOTENT_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.RedeemRequest),
+    )
+    def radeem(
+        request: Request, user: User = Depends(current_user), fields: Fields = Depends(body)
+    ) -> Response:
+        ref = fields.card_ref()
+        amount = fields.money("amount", required=True)
+        store_id = fields.guid("FranchiseeID")
+        pos_ref = fields.text("PosRef", max_length=100)
+        partial = fields.boolean("acceptpartialamount") or False
+        fields.check()
+        assert ref is not None and amount is not None and store_id is not None
+        return idempotent(
+            request,
+            user,
+            fields,
+            lambda idem, owner: ledger.redeem(
+                user.username,
+                user.stores,
+                ref,
+                amount,
+                store_id,
+                pos_ref,
+                accept_partial=partial,
+                idem=idem,
+                owner=owner,
+            ),
+        )
+
+    @app.patch(
+        "/Transaction/changestatus",
+        tags=["Transaction"],
+        responses={**_ok(schemas.StatusApproved | schemas.Decline), **_IDEMPOTENT_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.ChangeStatusRequest),
+    )
+    def changestatus(
+        request: Request, user: User = Depends(current_user), fields: Fields = Depends(body)
+    ) -> Response:
+        ref = fields.card_ref()
+        active = fields.boolean("status", required=True)
+        reason = fields.text(
+            "reason", required=True, max_length=200, example='"card reported lost"'
+        )
+        if reason is not None and not reason.strip():
+            fields.fail("reason", "reason must not be blank")
+        fields.check()
+        assert ref is not None and active is not None and reason is not None
+        return idempotent(
+            request,
+            user,
+            fields,
+            lambda idem, owner: ledger.change_status(
+                user.username, ref, active, reason, idem=idem, owner=owner
+            ),
+        )
+
+    @app.get(
+        "/Batch/{storeid}",
+        tags=["Batch"],
+        responses={**_ok(schemas.BatchEnvelope), **_STANDARD_RESPONSES},
+    )
+    def list_batches(
+        storeid: str,
+        user: User = Depends(current_user),
+        status: Literal["open", "closed", "all"] = Query("all"),
+        since: date | None = Query(None, alias="from", description="YYYY-MM-DD, inclusive"),
+        until: date | None = Query(None, alias="to", description="YYYY-MM-DD, inclusive"),
+        limit: int = Query(100, ge=1, le=1000),
+        includetransactions: bool = Query(True),
+    ) -> Response:
+        store_id = path_guid(storeid)
+        if since and until and since > until:
+            raise InvalidRequest({"from": ["from must not be after to"]})
+        return json_response(
+            ledger.batches(
+                user.stores,
+                store_id,
+                status=status,
+                since=since,
+                until=until,
+                limit=limit,
+                transactions=includetransactions,
+            )
+        )
+
+    @app.post(
+        "/Batch/batch/{storeid}",
+        tags=["Batch"],
+        responses={**_ok(schemas.BatchEnvelope | schemas.Decline), **_IDEMPOTENT_RESPONSES},
+        openapi_extra=schemas.request_body(schemas.CloseBatchRequest, required=False),
+    )
+    def close_batch(
+        storeid: str,
+        request: Request,
+        user: User = Depends(current_user),
+        fields: Fields = Depends(optional_body),
+    ) -> Response:
+        store_id = path_guid(storeid)
+        expected_count = fields.integer("expectedcount")
+        expected_amount = fields.money("expectedamount")
+        fields.check()
+        return idempotent(
+            request,
+            user,
+            fields,
+            lambda idem, owner: ledger.close_batch(
+                user.stores,
+                store_id,
+                expected_count=expected_count,
+                expected_amount=expected_amount,
+                idem=idem,
+                owner=owner,
+            ),
+        )
+
+    return app

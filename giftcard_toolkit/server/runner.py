@@ -1,0 +1,236 @@
+"""Running the server: ``running()`` for notebooks and tests, ``serve()`` for the CLI."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import uvicorn
+from fastapi import FastAPI
+
+from giftcard_toolkit.cards import AesGcmCardCipher
+from giftcard_toolkit.server.app import create_app
+from giftcard_toolkit.server.ledger import Clock, Ledger, Limits, Store, utc_now
+from giftcard_toolkit.server.seed import (
+    DEFAULT_AS_OF,
+    DemoCard,
+    DemoData,
+    open_demo,
+    write_card_stock,
+)
+
+log = logging.getLogger("giftcard_toolkit.server")
+
+
+@dataclass
+class RunningServer:
+    """A live server on loopback and what a caller needs to use it.
+
+    ``username``/``password`` are the demo user's (granted every store); ``users`` holds
+    every demo login. ``ledger`` and ``app`` are there for tests that look behind the API.
+    """
+
+    url: str
+    username: str | None
+    password: str | None = field(repr=False)
+    users: dict[str, str] = field(repr=False)
+    stores: list[Store]
+    card_stock: list[DemoCard] = field(repr=False)
+    card_key: str | None = field(repr=False)
+    db_path: Path
+    ledger: Ledger = field(repr=False)
+    app: FastAPI = field(repr=False)
+
+
+_templates: dict[tuple[int, date, str], Path] = {}
+_templates_lock = threading.Lock()
+_template_dir: tempfile.TemporaryDirectory[str] | None = None
+
+
+def _demo_from_template(
+    path: Path, seed_number: int, as_of: date, tz: tzinfo, **options: object
+) -> tuple[Ledger, DemoData]:
+    """Open a fresh demo database at ``path``, copied from one seeded earlier in this process
+    (seeding takes a second or two; a test suite starts many servers)."""
+    global _template_dir
+    key = (seed_number, as_of, str(tz))
+    with _templates_lock:
+        template = _templates.get(key)
+        if template is None:
+            if _template_dir is None:
+                _template_dir = tempfile.TemporaryDirectory(prefix="giftcard-templates-")
+            template = Path(_template_dir.name) / f"demo-{len(_templates)}.sqlite"
+            seeded, _ = open_demo(template, seed_number, as_of, tz=tz, durable=False)
+            seeded.close()
+            _templates[key] = template
+    source, target = sqlite3.connect(template), sqlite3.connect(path)
+    try:
+        source.backup(target)
+    finally:
+        source.close()
+        target.close()
+    return open_demo(path, seed_number, as_of, tz=tz, **options)
+
+
+class _ThreadedUvicorn:
+    """uvicorn in a background thread, on a socket bound before it starts (no port race)."""
+
+    def __init__(self, app: FastAPI, host: str = "127.0.0.1", log_level: str = "warning") -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, 0))
+        self.port = self._socket.getsockname()[1]
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            daemon=True,
+            name=f"giftcard-server-{self.port}",
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the embedded GiftCard server did not start; see its log")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._socket.close()
+
+
+@contextmanager
+def running(
+    seed: str | None = "demo",
+    seed_number: int = 0,
+    *,
+    as_of: date = DEFAULT_AS_OF,
+    clock: Clock = utc_now,
+    tz: tzinfo = UTC,
+    limits: Limits | None = None,
+    db_path: str | Path | None = None,
+    log_level: str = "warning",
+) -> Iterator[RunningServer]:
+    """Start a real server on a free 127.0.0.1 port; stop it when the block ends.
+
+    ``seed="demo"`` serves the demo data (contract §3) from a temporary database (or from
+    ``db_path``, reopened as it is if it is a demo database already); ``seed=None`` serves
+    an empty database with no users. ``clock`` drives token expiry, batches and card
+    expiry, so tests move time instead of sleeping.
+    """
+    with tempfile.TemporaryDirectory(prefix="giftcard-server-") as tmp:
+        path = Path(db_path) if db_path else Path(tmp) / "giftcard.sqlite"
+        options: dict[str, object] = {"clock": clock, "limits": limits}
+        demo: DemoData | None = None
+        if seed == "demo":
+            if db_path is None:
+                ledger, demo = _demo_from_template(path, seed_number, as_of, tz, **options)
+            else:
+                ledger, demo = open_demo(path, seed_number, as_of, tz=tz, **options)
+        elif seed is None:
+            ledger = Ledger(path, clock=clock, tz=tz, limits=limits)
+        else:
+            raise ValueError(f"unknown seed {seed!r}: use 'demo' or None")
+        app = create_app(ledger)
+        server = _ThreadedUvicorn(app, log_level=log_level)
+        try:
+            server.start()
+            yield RunningServer(
+                url=f"http://127.0.0.1:{server.port}",
+                username="demo" if demo else None,
+                password=demo.users["demo"] if demo else None,
+                users=demo.users if demo else {},
+                stores=demo.stores if demo else ledger.stores(),
+                card_stock=demo.card_stock if demo else [],
+                card_key=demo.card_key if demo else None,
+                db_path=path,
+                ledger=ledger,
+                app=app,
+            )
+        finally:
+            server.stop()
+            ledger.close()
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8800,
+    db: str | Path | None = None,
+    seed: str | None = None,
+    seed_number: int = 0,
+    card_stock: str | Path | None = None,
+    as_of: date = DEFAULT_AS_OF,
+    tz: str = "UTC",
+    log_level: str = "info",
+) -> None:
+    """Run the server in the foreground until interrupted (``giftcard-toolkit serve``)."""
+    zone = ZoneInfo(tz)
+    cipher = None
+    if os.environ.get("GIFTCARD_CARD_KEY"):
+        cipher = AesGcmCardCipher.from_base64(os.environ["GIFTCARD_CARD_KEY"])
+    if seed == "demo":
+        if not _is_loopback(host):
+            raise SystemExit(
+                "refusing to serve the demo (its passwords are public) on a non-loopback "
+                f"address {host}: use --host 127.0.0.1"
+            )
+        path = Path(db or "giftcard-demo.sqlite")
+        ledger, demo = open_demo(path, seed_number, as_of, tz=zone, card_cipher=cipher)
+        if card_stock:
+            write_card_stock(demo.card_stock, card_stock)
+        print(f"demo data (seed {seed_number}, as of {demo.as_of}) in {path}")
+        for name, password in demo.users.items():
+            print(f"  user {name!r} password {password!r}")
+        print(f"  card key (GIFTCARD_CARD_KEY): {demo.card_key}")
+        if card_stock:
+            print(f"  card stock written to {card_stock}")
+    elif seed is None:
+        path = Path(db or "giftcard.sqlite")
+        ledger = Ledger(path, tz=zone, card_cipher=cipher)
+        if ledger.user_count() == 0:
+            log.warning(
+                "%s has no users: every authenticated endpoint answers 401. Add one with "
+                "'giftcard-toolkit admin --db %s add-user NAME --store STORE_ID'",
+                path,
+                path,
+            )
+    else:
+        raise SystemExit(f"unknown --seed {seed!r}: the only seed is 'demo'")
+    print(f"serving on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    try:
+        uvicorn.run(
+            create_app(ledger),
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+        )
+    finally:
+        ledger.close()

@@ -1,0 +1,390 @@
+"""The demo data set (contract §3): three stores, two users, 2,400 cards and 90 days of history.
+
+Everything is a function of the seed number and the anchor date, so notebooks and their
+outputs are reproducible. The history is made by the ledger's own operations (each with
+the clock set to the moment it happened), so the demo books obey the same rules as live
+ones; they are built in one transaction, which keeps seeding to a second or two.
+
+Besides ordinary trade, the history holds a few stories for analysts to find: a card sold
+at one store and spent at another within the hour, a card redeemed many times in an hour,
+reload-and-redeem cycling, and some cards blocked as lost (one of them found again).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, tzinfo
+from decimal import Decimal
+from pathlib import Path
+
+from giftcard_toolkit.cards import AesGcmCardCipher, Card
+from giftcard_toolkit.server.auth import hash_password
+from giftcard_toolkit.server.ledger import (
+    CardRef,
+    IssuedCard,
+    Ledger,
+    Store,
+    demo_card_key,
+    new_card_number,
+)
+
+DEFAULT_AS_OF = date(2026, 9, 30)
+HISTORY_DAYS = 90
+CARDS_PER_STORE = 800
+DEMO_USERS = {"demo": "demo-password", "clerk": "clerk-password"}
+_STORES = [
+    ("Downtown Flagship", "12 Market Street, Springfield"),
+    ("Riverside Mall", "400 River Road, Unit 23, Springfield"),
+    ("Airport Kiosk", "Terminal B, Springfield Regional Airport"),
+]
+_SALE_AMOUNTS = [
+    Decimal(a) for a in ("10", "15", "20", "25", "25", "50", "50", "75", "100", "35.50")
+]
+CARD_STOCK_COLUMNS = ["card_number", "security_code", "store_id", "sold"]
+
+
+class NotADemoDatabase(RuntimeError):
+    """``--seed demo`` was pointed at a database that holds real (non-demo) data."""
+
+
+@dataclass(frozen=True, repr=False)
+class DemoCard(Card):
+    """A card of the demo stock: number, security code, its store, and whether it was sold."""
+
+    store_id: str = ""
+    sold: bool = False
+
+    def __repr__(self) -> str:
+        return f"DemoCard({self.masked!r}, store_id={self.store_id!r}, sold={self.sold})"
+
+    __str__ = __repr__
+
+
+@dataclass
+class DemoData:
+    """What a demo database holds that a caller needs to use it."""
+
+    seed_number: int
+    as_of: date
+    stores: list[Store]
+    users: dict[str, str]
+    card_key: str
+    card_stock: list[DemoCard] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    stores: list[Store]
+    cards: list[IssuedCard]
+    secret: bytes
+
+
+def _plan(seed_number: int) -> _Plan:
+    """The stores and card stock of a seed: pure, so a reopened demo can recompute them."""
+    rng = random.Random(f"giftcard-demo-plan-{seed_number}")
+    stores = [
+        Store(str(uuid.UUID(int=rng.getrandbits(128), version=4)), name, address)
+        for name, address in _STORES
+    ]
+    seen: set[str] = set()
+    cards: list[IssuedCard] = []
+    for store in stores:
+        made = 0
+        while made < CARDS_PER_STORE:
+            number = new_card_number(rng)
+            if number in seen:
+                continue
+            seen.add(number)
+            cards.append(IssuedCard(number, f"{rng.randrange(10000):04d}", store.id))
+            made += 1
+    secret = hashlib.sha256(f"giftcard-toolkit demo secret {seed_number}".encode()).digest()
+    return _Plan(stores, cards, secret)
+
+
+class _SetClock:
+    """The seed's clock: history happens at the moments the seed says."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class _History:
+    """Replays 90 days of trade through the ledger's own operations."""
+
+    def __init__(self, ledger: Ledger, plan: _Plan, seed_number: int, as_of: date) -> None:
+        self.ledger = ledger
+        self.plan = plan
+        self.as_of = as_of
+        self.tz: tzinfo = ledger.tz
+        self.rng = random.Random(f"giftcard-demo-history-{seed_number}")
+        cipher = ledger.card_cipher
+        assert cipher is not None
+        self.cipher = cipher
+        self.all_stores = frozenset(s.id for s in plan.stores)
+        self.stock = {s.id: [c for c in plan.cards if c.store_id == s.id] for s in plan.stores}
+        self.balances: dict[str, Decimal] = {}  # sold cards' balances, by number
+        self.blocked: set[str] = set()
+        self.clock = _SetClock(datetime.combine(as_of, time(0), self.tz))
+
+    def at(self, day: date, hour: int, minute: int) -> None:
+        self.clock.now = datetime.combine(day, time(hour, minute, self.rng.randrange(60)), self.tz)
+
+    def ref(self, number: str) -> CardRef:
+        return CardRef(encrypted=self.cipher.encrypt(number))
+
+    def user_for(self, store_id: str) -> str:
+        first = self.plan.stores[0].id
+        return "clerk" if store_id == first and self.rng.random() < 0.3 else "demo"
+
+    def sell(self, store_id: str, amount: Decimal) -> str | None:
+        if not self.stock[store_id]:
+            return None
+        card = self.stock[store_id].pop(0)
+        body = json.loads(
+            self.ledger.load(
+                self.user_for(store_id),
+                self.all_stores,
+                self.ref(card.number),
+                amount,
+                store_id,
+                f"POS-{self.rng.randrange(1, 9)}",
+                sale=True,
+            )
+        )
+        if body["statuscode"] == "000000":
+            self.balances[card.number] = Decimal(str(body["balance"]))
+            return card.number
+        return None
+
+    def reload(self, number: str, store_id: str, amount: Decimal) -> None:
+        body = json.loads(
+            self.ledger.load(
+                self.user_for(store_id),
+                self.all_stores,
+                self.ref(number),
+                amount,
+                store_id,
+                "POS-1",
+                sale=False,
+            )
+        )
+        if body["statuscode"] == "000000":
+            self.balances[number] = Decimal(str(body["balance"]))
+
+    def redeem(self, number: str, store_id: str, amount: Decimal, partial: bool) -> None:
+        body = json.loads(
+            self.ledger.redeem(
+                self.user_for(store_id),
+                self.all_stores,
+                self.ref(number),
+                amount,
+                store_id,
+                "POS-1",
+                accept_partial=partial,
+            )
+        )
+        if body["statuscode"] in ("000000", "000001"):
+            self.balances[number] = Decimal(str(body["newbalance"]))
+
+    def block(self, number: str, active: bool, reason: str) -> None:
+        self.ledger.change_status("demo", self.ref(number), active, reason)
+        (self.blocked.discard if active else self.blocked.add)(number)
+
+    def spendable(self) -> list[str]:
+        return [n for n, b in self.balances.items() if b > 0 and n not in self.blocked]
+
+    def money(self, low: int, high: int) -> Decimal:
+        return Decimal(self.rng.randrange(low * 100, high * 100)) / 100
+
+    def ordinary_day(self, day: date) -> None:
+        events: list[tuple[int, int, str, str]] = []
+        for store in self.plan.stores:
+            for kind, low, high in (("sale", 4, 9), ("reload", 0, 3), ("redeem", 4, 11)):
+                for _ in range(self.rng.randint(low, high)):
+                    minute = self.rng.randrange(8 * 60, 21 * 60)
+                    events.append((minute, self.rng.randrange(10**6), kind, store.id))
+        for minute, _, kind, store_id in sorted(events):
+            self.at(day, minute // 60, minute % 60)
+            if kind == "sale":
+                self.sell(store_id, self.rng.choice(_SALE_AMOUNTS))
+                continue
+            candidates = self.spendable()
+            if not candidates:
+                continue
+            number = self.rng.choice(candidates)
+            if kind == "reload":
+                self.reload(number, store_id, self.rng.choice(_SALE_AMOUNTS[:6]))
+            else:
+                self.redeem(number, store_id, self.money(3, 60), self.rng.random() < 0.5)
+
+    def stories(self, day_index: int, day: date) -> None:
+        """A few patterns the anomaly detectors should find (see the module docstring)."""
+        a, b, c = (s.id for s in self.plan.stores)
+        if day_index == 30:  # sold at one store, spent at another 20 minutes later
+            self.at(day, 10, 5)
+            number = self.sell(a, Decimal("100"))
+            if number:
+                self.at(day, 10, 25)
+                self.redeem(number, c, Decimal("99.50"), False)
+        if day_index == 55:  # many redemptions of one card within an hour
+            self.at(day, 14, 0)
+            number = self.sell(b, Decimal("100"))
+            if number:
+                for minute in (10, 18, 25, 33, 41, 50):
+                    self.at(day, 14, minute)
+                    self.redeem(number, b, Decimal("9.99"), False)
+        if day_index == 75:  # reload, redeem, reload, redeem...
+            self.at(day, 11, 0)
+            number = self.sell(c, Decimal("20"))
+            if number:
+                for step in range(4):
+                    self.at(day, 12 + step, 0)
+                    self.reload(number, c, Decimal("200"))
+                    self.at(day, 12 + step, 30)
+                    self.redeem(number, c, Decimal("200"), False)
+        if day_index in (20, 40, 60, 70):  # cards reported lost; one found again later
+            candidates = sorted(self.spendable())
+            if candidates:
+                self.at(day, 9, 15)
+                self.block(self.rng.choice(candidates), False, "customer reported the card lost")
+        if day_index == 65 and self.blocked:
+            self.at(day, 16, 45)
+            self.block(sorted(self.blocked)[0], True, "card found by the customer")
+
+    def close_day(self, day: date) -> None:
+        self.at(day, 23, 45)
+        for store in self.plan.stores:
+            self.ledger.close_batch(self.all_stores, store.id)
+
+    def run(self) -> None:
+        real_clock = self.ledger.clock
+        self.ledger.clock = self.clock
+        try:
+            first = self.as_of - timedelta(days=HISTORY_DAYS - 1)
+            for index in range(HISTORY_DAYS):
+                day = first + timedelta(days=index)
+                self.ordinary_day(day)
+                self.stories(index, day)
+                if day != self.as_of:  # the anchor date's batches stay open
+                    self.close_day(day)
+        finally:
+            self.ledger.clock = real_clock
+
+
+def _demo_data(plan: _Plan, seed_number: int, as_of: date, ledger: Ledger) -> DemoData:
+    with ledger.read() as conn:
+        sold_refs = {r[0] for r in conn.execute("SELECT cardref FROM cards WHERE state != 'stock'")}
+    stock = [
+        DemoCard(
+            c.number,
+            c.security_code,
+            store_id=c.store_id,
+            sold=ledger.card_ref(c.number) in sold_refs,
+        )
+        for c in plan.cards
+    ]
+    return DemoData(
+        seed_number, as_of, plan.stores, dict(DEMO_USERS), demo_card_key(seed_number), stock
+    )
+
+
+def seed_demo(ledger: Ledger, seed_number: int = 0, as_of: date = DEFAULT_AS_OF) -> DemoData:
+    """Fill an empty database with the demo data set; answers what a caller needs of it."""
+    plan = _plan(seed_number)
+    if ledger.meta("kind") is not None or ledger.stores():
+        raise NotADemoDatabase(f"{ledger.path} is not empty; seed a new database")
+    with ledger.write():
+        ledger.set_meta("kind", "demo")
+        ledger.set_meta("seed_number", str(seed_number))
+        ledger.set_meta("as_of", as_of.isoformat())
+        ledger.set_meta("card_key", demo_card_key(seed_number))
+        for store in plan.stores:
+            ledger.add_store(store.name, store.address, store.id)
+        everywhere = [s.id for s in plan.stores]
+        ledger.put_user("demo", hash_password(DEMO_USERS["demo"]), everywhere)
+        ledger.put_user("clerk", hash_password(DEMO_USERS["clerk"]), everywhere[:1])
+        ledger.add_cards(plan.cards)
+        if ledger.card_cipher is None:
+            ledger.card_cipher = AesGcmCardCipher.from_base64(demo_card_key(seed_number))
+        _History(ledger, plan, seed_number, as_of).run()
+    return _demo_data(plan, seed_number, as_of, ledger)
+
+
+def open_demo(
+    path: str | Path, seed_number: int = 0, as_of: date = DEFAULT_AS_OF, **ledger_options: object
+) -> tuple[Ledger, DemoData]:
+    """Open the demo database at ``path``, seeding it first if it is new.
+
+    An existing demo database of the same seed number is reopened as it is (live changes
+    kept). A database with real data, or another seed, is refused and left untouched.
+    """
+    path = Path(path)
+    existed = path.exists() and path.stat().st_size > 0
+    if existed:
+        _refuse_unless_demo(path, seed_number)
+    ledger = Ledger(path, new_secret=_plan(seed_number).secret, **ledger_options)  # type: ignore[arg-type]
+    try:
+        if not existed or ledger.meta("kind") is None:
+            return ledger, seed_demo(ledger, seed_number, as_of)
+        stored_as_of = date.fromisoformat(ledger.meta("as_of") or as_of.isoformat())
+        return ledger, _demo_data(_plan(seed_number), seed_number, stored_as_of, ledger)
+    except BaseException:
+        ledger.close()
+        raise
+
+
+def _refuse_unless_demo(path: Path, seed_number: int) -> None:
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+    except sqlite3.Error:
+        raise NotADemoDatabase(
+            f"{path} exists but is not a giftcard_toolkit database; choose another --db path"
+        ) from None
+    if rows.get("kind") != "demo":
+        raise NotADemoDatabase(
+            f"{path} holds real (non-demo) data; --seed demo refuses to touch it. "
+            "Choose another --db path for the demo."
+        )
+    if rows.get("seed_number") != str(seed_number):
+        raise NotADemoDatabase(
+            f"{path} is a demo database of seed {rows.get('seed_number')}, not {seed_number}; "
+            "delete it or choose another --db path"
+        )
+
+
+def write_card_stock(cards: list[DemoCard], path: str | Path) -> Path:
+    """The demo card stock as CSV (columns: card_number, security_code, store_id, sold)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CARD_STOCK_COLUMNS)
+        for card in cards:
+            writer.writerow(
+                [card.number, card.security_code, card.store_id, "true" if card.sold else "false"]
+            )
+    return path
+
+
+def read_card_stock(path: str | Path) -> list[DemoCard]:
+    with Path(path).open(newline="") as handle:
+        return [
+            DemoCard(
+                row["card_number"],
+                row["security_code"],
+                store_id=row["store_id"],
+                sold=row["sold"].strip().lower() == "true",
+            )
+            for row in csv.DictReader(handle)
+        ]
