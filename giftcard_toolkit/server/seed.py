@@ -48,7 +48,7 @@ _SALE_AMOUNTS = [
 CARD_STOCK_COLUMNS = ["card_number", "security_code", "store_id", "sold"]
 
 
-class NotADemoDatabase(RuntimeError):
+class NotADemoDatabase(ValueError):
     """``--seed demo`` was pointed at a database that holds real (non-demo) data."""
 
 
