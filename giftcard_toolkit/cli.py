@@ -27,6 +27,12 @@ def _serve(args: argparse.Namespace) -> int:
     from giftcard_toolkit.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The access log writes a line per request: skip what the format does not show
+    # (the logging HOWTO's "Optimization" advice), a tenth of a balance check's time.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     serve(
         host=args.host,
         port=args.port,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import os
@@ -223,9 +224,14 @@ def serve(
     else:
         raise SystemExit(f"unknown --seed {seed!r}: the only seed is 'demo'")
     print(f"serving on http://{host}:{port} (Ctrl-C to stop)", flush=True)
+    app = create_app(ledger)
+    # Everything made so far lives as long as the server: keep it out of the collector's
+    # way, which otherwise rescans it on every full collection under load.
+    gc.collect()
+    gc.freeze()
     try:
         uvicorn.run(
-            create_app(ledger),
+            app,
             host=host,
             port=port,
             log_level=log_level,
