@@ -315,7 +315,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         key = idempotency_key(request.headers.get("idempotency-key"))
         if key is None:
             return json_response(await write(lambda: apply(None, None)))
-        endpoint = f"{request.method} {request.url.path}"
+        endpoint = f"{request.method} {request.url.path.lower()}"
         idem = Idempotency(user.username, endpoint, key, fields.canonical_json())
         reservation = await write(lambda: ledger.reserve(idem))
         if reservation.outcome == "replay":

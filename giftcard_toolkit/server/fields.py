@@ -42,11 +42,17 @@ def parse_json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw, parse_float=Decimal, parse_constant=Decimal)
-    except (UnicodeDecodeError, ValueError) as exc:
-        where = f" (line {exc.lineno}, column {exc.colno})" if hasattr(exc, "lineno") else ""
+    except json.JSONDecodeError as exc:
         raise InvalidRequest(
-            {"body": [f"the body is not valid UTF-8 JSON{where}: send a JSON object"]}
+            {
+                "body": [
+                    f"the body is not valid JSON (line {exc.lineno}, column {exc.colno}): "
+                    "send a JSON object"
+                ]
+            }
         ) from None
+    except ValueError:  # not UTF-8
+        raise InvalidRequest({"body": ["the body is not UTF-8 text: send a JSON object"]}) from None
     if not isinstance(value, dict):
         raise InvalidRequest({"body": ['the body must be a JSON object, e.g. {"cardtoken": ...}']})
     return value
