@@ -367,11 +367,11 @@ class Ledger:
             self._local.in_write = True
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            else:
                 conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back already
+                    conn.execute("ROLLBACK")
+                raise
             finally:
                 self._local.in_write = False
 
@@ -422,9 +422,12 @@ class Ledger:
                         conn.execute("ROLLBACK TO job")
                         outcomes.append((future, False, exc))
                     conn.execute("RELEASE job")
-        except Exception as exc:  # the commit failed: nothing of the group was applied
-            for future, _, _ in outcomes:
-                future.set_exception(exc)
+        except Exception as exc:  # the transaction failed: nothing of the group was applied
+            for _, future in group:
+                if future.running() or (
+                    not future.done() and future.set_running_or_notify_cancel()
+                ):
+                    future.set_exception(exc)
             return
         for future, ok, value in outcomes:
             if ok:
