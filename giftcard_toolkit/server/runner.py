@@ -206,6 +206,8 @@ def serve(
         if card_stock:
             write_card_stock(demo.card_stock, card_stock)
         print(f"demo data (seed {seed_number}, as of {demo.as_of}) in {path}")
+        for store in demo.stores:
+            print(f"  store {store.id} {store.name!r}")
         for name, password in demo.users.items():
             print(f"  user {name!r} password {password!r}")
         print(f"  card key (GIFTCARD_CARD_KEY): {demo.card_key}")
