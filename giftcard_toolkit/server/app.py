@@ -20,11 +20,11 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from typing import Any, Literal, TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -33,11 +33,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from giftcard_toolkit.server import schemas
 from giftcard_toolkit.server.auth import REALM, Authenticator, User
 from giftcard_toolkit.server.fields import (
+    DATE,
+    GUID,
     Fields,
     InvalidRequest,
     idempotency_key,
     parse_json_object,
     path_guid,
+    query_date,
 )
 from giftcard_toolkit.server.ledger import (
     Idempotency,
@@ -228,22 +231,30 @@ class Unauthorized(Exception):
         self.detail = detail
 
 
+def _problem_doc(description: str) -> dict[str, Any]:
+    schema = schemas.Problem.model_json_schema()
+    return {"description": description, "content": {PROBLEM: {"schema": schema}}}
+
+
 _STANDARD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": schemas.Problem, "description": "Malformed request"},
-    401: {"model": schemas.Problem, "description": "Missing or wrong credentials"},
+    400: _problem_doc("Malformed request: `errors` names each bad field"),
+    401: _problem_doc("Missing or wrong credentials"),
 }
 _IDEMPOTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_STANDARD_RESPONSES,
-    409: {
-        "model": schemas.Problem,
-        "description": "A request with this Idempotency-Key is in flight",
-    },
-    422: {"model": schemas.Problem, "description": "Idempotency-Key reused with another body"},
+    409: _problem_doc("A request with this Idempotency-Key is in flight"),
+    422: _problem_doc("Idempotency-Key reused with another body"),
 }
+StoreId = Annotated[str, Path(pattern=GUID.pattern, description="The store's id (GUID)")]
+_SYSTEM_ERROR = {"model": schemas.Decline, "description": "System error (statuscode 999999)"}
 
 
 def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
-    return {200: {"model": model, "description": "Approved or declined (see statuscode)"}}
+    return {
+        200: {"model": model, "description": "Approved or declined (see statuscode)"},
+        500: _SYSTEM_ERROR,
+        503: _SYSTEM_ERROR,
+    }
 
 
 # ------------------------------------------------------------------------ app
@@ -528,16 +539,21 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         responses={**_ok(schemas.BatchEnvelope), **_STANDARD_RESPONSES},
     )
     async def list_batches(
-        storeid: str,
+        storeid: StoreId,
         request: Request,
         status: Literal["open", "closed", "all"] = Query("all"),
-        since: date | None = Query(None, alias="from", description="YYYY-MM-DD, inclusive"),
-        until: date | None = Query(None, alias="to", description="YYYY-MM-DD, inclusive"),
+        since_text: str | None = Query(
+            None, alias="from", pattern=DATE.pattern, description="YYYY-MM-DD, inclusive"
+        ),
+        until_text: str | None = Query(
+            None, alias="to", pattern=DATE.pattern, description="YYYY-MM-DD, inclusive"
+        ),
         limit: int = Query(100, ge=1, le=1000),
         includetransactions: bool = Query(True),
     ) -> Response:
         user = await authenticate(request)
         store_id = path_guid(storeid)
+        since, until = query_date(since_text, "from"), query_date(until_text, "to")
         if since and until and since > until:
             raise InvalidRequest({"from": ["from must not be after to"]})
         # Up to 1,000 batches with their transactions: too long to hold the event loop.
@@ -560,7 +576,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         responses={**_ok(schemas.BatchEnvelope | schemas.Decline), **_IDEMPOTENT_RESPONSES},
         openapi_extra=schemas.request_body(schemas.CloseBatchRequest, required=False),
     )
-    async def close_batch(storeid: str, request: Request) -> Response:
+    async def close_batch(request: Request, storeid: StoreId) -> Response:
         user = await authenticate(request)
         fields = await read_body(request, required=False)
         store_id = path_guid(storeid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ from giftcard_toolkit.cards import (
 from giftcard_toolkit.server.ledger import CardRef
 
 GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,64}$")
 
 
@@ -72,7 +74,12 @@ class Fields:
     """The fields of one JSON request body, read by name whatever their letter case."""
 
     def __init__(self, body: dict[str, Any]) -> None:
-        self._data = {str(k).lower(): v for k, v in body.items() if v is not None and v != ""}
+        # ASCII-only folding, like .NET's ordinal-ignore-case: "\u212a" (Kelvin) is not "k".
+        self._data = {
+            (k.lower() if k.isascii() else k): v
+            for k, v in body.items()
+            if v is not None and v != ""
+        }
         self.errors: dict[str, list[str]] = {}
 
     def canonical_json(self) -> str:
@@ -185,6 +192,18 @@ class Fields:
             )
             return None
         return CardRef(token=token, encrypted=encrypted)
+
+
+def query_date(value: str | None, name: str) -> date | None:
+    """A ``YYYY-MM-DD`` query parameter (nothing else: ``0`` is not 1970-01-01)."""
+    if value is None:
+        return None
+    if not DATE.match(value):
+        raise InvalidRequest({name: [f"{name} must be a date as YYYY-MM-DD, e.g. 2026-09-30"]})
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidRequest({name: [f"{name} is not a real date: {value}"]}) from None
 
 
 def path_guid(value: str, name: str = "storeid") -> str:

@@ -37,16 +37,31 @@ class _Open(BaseModel):
 
 
 class TokenRequest(BaseModel):
-    cardnumber: str = Field(description="16-digit card number (spaces and dashes ignored)")
-    securitycode: str = Field(description="4-digit security code printed on the card")
+    cardnumber: str = Field(
+        pattern=r"^(?:[0-9][ -]?){15}[0-9]$",
+        description="16-digit Luhn-valid card number (spaces and dashes ignored)",
+    )
+    securitycode: str = Field(
+        pattern=r"^[0-9]{4}$", description="4-digit security code printed on the card"
+    )
 
 
 class CardRequest(BaseModel):
     """Names the card by exactly one of ``cardtoken`` or ``encrypted``."""
 
-    cardtoken: str | None = Field(None, description="Token from POST /v1/Token")
-    encrypted: str | None = Field(
-        None, description="base64(nonce[12] || AES-256-GCM(card number) || tag[16])"
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["cardtoken"]}, {"required": ["encrypted"]}]}
+    )
+
+    cardtoken: str = Field(
+        None,  # type: ignore[assignment]
+        pattern=r"^([0-9]{16})?$",
+        description="Token from POST /v1/Token (empty or null: absent)",
+    )
+    encrypted: str = Field(
+        None,  # type: ignore[assignment]
+        description="base64(nonce[12] || AES-256-GCM(card number) || tag[16]); a value that "
+        "does not decrypt to a card is declined with 100009 (empty or null: absent)",
     )
 
 
@@ -57,7 +72,7 @@ class LoadRequest(CardRequest):
 
 
 class RedeemRequest(LoadRequest):
-    acceptpartialamount: bool = False
+    acceptpartialamount: bool | None = False
 
 
 class ChangeStatusRequest(CardRequest):
