@@ -1032,7 +1032,7 @@ class Ledger:
         if transactions:
             for t in conn.execute(
                 f"SELECT l.*, c.last4, c.cardref FROM ledger l JOIN cards c ON c.id = l.card_id "
-                f"WHERE l.batch_id IN ({marks}) ORDER BY l.batch_id, l.id",
+                f"WHERE l.batch_id IN ({marks}) ORDER BY l.batch_id, l.at, l.id",
                 ids,
             ):
                 listed[t["batch_id"]].append(

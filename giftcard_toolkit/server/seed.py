@@ -17,6 +17,7 @@ import hashlib
 import json
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
 from decimal import Decimal
@@ -106,6 +107,9 @@ def _plan(seed_number: int) -> _Plan:
     return _Plan(stores, cards, secret)
 
 
+_Step = tuple[int, int, "Callable[[], None]"]  # second of the day, tie-break, action
+
+
 class _SetClock:
     """The seed's clock: history happens at the moments the seed says."""
 
@@ -133,9 +137,6 @@ class _History:
         self.balances: dict[str, Decimal] = {}  # sold cards' balances, by number
         self.blocked: set[str] = set()
         self.clock = _SetClock(datetime.combine(as_of, time(0), self.tz))
-
-    def at(self, day: date, hour: int, minute: int) -> None:
-        self.clock.now = datetime.combine(day, time(hour, minute, self.rng.randrange(60)), self.tz)
 
     def ref(self, number: str) -> CardRef:
         return CardRef(encrypted=self.cipher.encrypt(number))
@@ -204,63 +205,95 @@ class _History:
     def money(self, low: int, high: int) -> Decimal:
         return Decimal(self.rng.randrange(low * 100, high * 100)) / 100
 
-    def ordinary_day(self, day: date) -> None:
-        events: list[tuple[int, int, str, str]] = []
+    def ordinary_steps(self) -> list[_Step]:
+        steps: list[_Step] = []
         for store in self.plan.stores:
             for kind, low, high in (("sale", 4, 9), ("reload", 0, 3), ("redeem", 4, 11)):
                 for _ in range(self.rng.randint(low, high)):
-                    minute = self.rng.randrange(8 * 60, 21 * 60)
-                    events.append((minute, self.rng.randrange(10**6), kind, store.id))
-        for minute, _, kind, store_id in sorted(events):
-            self.at(day, minute // 60, minute % 60)
+                    second = self.rng.randrange(8 * 3600, 21 * 3600)
+                    steps.append((second, len(steps), self._ordinary(kind, store.id)))
+        return steps
+
+    def _ordinary(self, kind: str, store_id: str) -> Callable[[], None]:
+        def step() -> None:
             if kind == "sale":
                 self.sell(store_id, self.rng.choice(_SALE_AMOUNTS))
-                continue
+                return
             candidates = self.spendable()
             if not candidates:
-                continue
+                return
             number = self.rng.choice(candidates)
             if kind == "reload":
                 self.reload(number, store_id, self.rng.choice(_SALE_AMOUNTS[:6]))
             else:
                 self.redeem(number, store_id, self.money(3, 60), self.rng.random() < 0.5)
 
-    def stories(self, day_index: int, day: date) -> None:
+        return step
+
+    def story_steps(self, day_index: int) -> list[_Step]:
         """A few patterns the anomaly detectors should find (see the module docstring)."""
         a, b, c = (s.id for s in self.plan.stores)
+        card: dict[str, str | None] = {}
+
+        def sell(store_id: str, amount: str) -> Callable[[], None]:
+            return lambda: card.update(number=self.sell(store_id, Decimal(amount)))
+
+        def then(action: Callable[[str], None]) -> Callable[[], None]:
+            def step() -> None:
+                number = card.get("number")
+                if number:  # the story's sale went through
+                    action(number)
+
+            return step
+
+        def at(hour: int, minute: int) -> int:
+            return hour * 3600 + minute * 60
+
+        steps: list[tuple[int, Callable[[], None]]] = []
         if day_index == 30:  # sold at one store, spent at another 20 minutes later
-            self.at(day, 10, 5)
-            number = self.sell(a, Decimal("100"))
-            if number:
-                self.at(day, 10, 25)
-                self.redeem(number, c, Decimal("99.50"), False)
-        if day_index == 55:  # many redemptions of one card within an hour
-            self.at(day, 14, 0)
-            number = self.sell(b, Decimal("100"))
-            if number:
-                for minute in (10, 18, 25, 33, 41, 50):
-                    self.at(day, 14, minute)
-                    self.redeem(number, b, Decimal("9.99"), False)
-        if day_index == 75:  # reload, redeem, reload, redeem...
-            self.at(day, 11, 0)
-            number = self.sell(c, Decimal("20"))
-            if number:
-                for step in range(4):
-                    self.at(day, 12 + step, 0)
-                    self.reload(number, c, Decimal("200"))
-                    self.at(day, 12 + step, 30)
-                    self.redeem(number, c, Decimal("200"), False)
-        if day_index in (20, 40, 60, 70):  # cards reported lost; one found again later
-            candidates = sorted(self.spendable())
-            if candidates:
-                self.at(day, 9, 15)
-                self.block(self.rng.choice(candidates), False, "customer reported the card lost")
-        if day_index == 65 and self.blocked:
-            self.at(day, 16, 45)
+            steps = [
+                (at(10, 5), sell(a, "100")),
+                (at(10, 25), then(lambda n: self.redeem(n, c, Decimal("99.50"), False))),
+            ]
+        elif day_index == 55:  # many redemptions of one card within an hour
+            steps = [(at(14, 0), sell(b, "100"))] + [
+                (at(14, m), then(lambda n: self.redeem(n, b, Decimal("9.99"), False)))
+                for m in (10, 18, 25, 33, 41, 50)
+            ]
+        elif day_index == 75:  # reload, redeem, reload, redeem...
+            steps = [(at(11, 0), sell(c, "20"))]
+            for hour in range(12, 16):
+                steps.append((at(hour, 0), then(lambda n: self.reload(n, c, Decimal("200")))))
+                steps.append(
+                    (at(hour, 30), then(lambda n: self.redeem(n, c, Decimal("200"), False)))
+                )
+        elif day_index in (20, 40, 60, 70):  # cards reported lost; one found again later
+            steps = [(at(9, 15), self._block_one)]
+        elif day_index == 65:
+            steps = [(at(16, 45), self._unblock_one)]
+        # Negative tie-breaks: at the same second a story step goes before ordinary trade.
+        return [
+            (second, order - len(steps), action) for order, (second, action) in enumerate(steps)
+        ]
+
+    def _block_one(self) -> None:
+        candidates = sorted(self.spendable())
+        if candidates:
+            self.block(self.rng.choice(candidates), False, "customer reported the card lost")
+
+    def _unblock_one(self) -> None:
+        if self.blocked:
             self.block(sorted(self.blocked)[0], True, "card found by the customer")
 
+    def play_day(self, day: date, steps: list[_Step]) -> None:
+        """Apply a day's steps in time order, each at its own second."""
+        midnight = datetime.combine(day, time(0), self.tz)
+        for second, _, action in sorted(steps, key=lambda step: (step[0], step[1])):
+            self.clock.now = midnight + timedelta(seconds=second, microseconds=0)
+            action()
+
     def close_day(self, day: date) -> None:
-        self.at(day, 23, 45)
+        self.clock.now = datetime.combine(day, time(23, 45), self.tz)
         for store in self.plan.stores:
             self.ledger.close_batch(self.all_stores, store.id)
 
@@ -271,8 +304,7 @@ class _History:
             first = self.as_of - timedelta(days=HISTORY_DAYS - 1)
             for index in range(HISTORY_DAYS):
                 day = first + timedelta(days=index)
-                self.ordinary_day(day)
-                self.stories(index, day)
+                self.play_day(day, self.ordinary_steps() + self.story_steps(index))
                 if day != self.as_of:  # the anchor date's batches stay open
                     self.close_day(day)
         finally:
