@@ -14,7 +14,6 @@ from giftcard_toolkit.cards import luhn_check_digit
 from giftcard_toolkit.server.runner import RunningServer
 from giftcard_toolkit.server.seed import DemoCard
 
-
 # A valid card number that no demo server has issued.
 UNKNOWN_CARD = "600600000000000" + luhn_check_digit("600600000000000")
 
