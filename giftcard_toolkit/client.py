@@ -1,0 +1,572 @@
+"""``GiftCardClient`` and ``AsyncGiftCardClient``: the API from Python, safely.
+
+Both clients share one core. Every operation is written once, as a *flow*: a generator
+that yields the :class:`~giftcard_toolkit._protocol.Call` objects it needs sent and
+receives their parsed results (or their errors, thrown in). The sync client runs flows
+with ``httpx.Client``, the async one with ``httpx.AsyncClient``; only the sending loop
+(with its retries) is written for each.
+
+Safety with money:
+
+* money-moving calls always carry an ``Idempotency-Key`` (a new UUID unless you give one),
+  so a retry after a lost answer can never apply twice;
+* only reads and calls with an ``Idempotency-Key`` are retried, after connect errors,
+  timeouts and 502/503/504, with exponential backoff;
+* amounts are ``Decimal``; a float is refused.
+
+Cards: a :class:`~giftcard_toolkit.cards.Card` with a security code is tokenized once and
+its token reused until 30 s before it expires; a ``100007`` decline (token expired or
+unknown) re-tokenizes once and retries. A card without a security code travels
+``encrypted`` when a card key or cipher is configured. A plain string is taken as a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Generator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import httpx
+
+from giftcard_toolkit import _protocol, errors, models
+from giftcard_toolkit._protocol import Call
+from giftcard_toolkit.cards import AesGcmCardCipher, Card, CardCipher
+
+log = logging.getLogger("giftcard_toolkit")
+T = TypeVar("T")
+Flow = Generator[Call[Any], Any, T]
+RENEW_BEFORE = timedelta(seconds=30)
+CardLike = Card | str
+
+
+def _env_settings() -> dict[str, Any]:
+    """Client settings from GIFTCARD_URL, GIFTCARD_USERNAME, GIFTCARD_PASSWORD and the
+    optional GIFTCARD_CARD_KEY."""
+    names = ("GIFTCARD_URL", "GIFTCARD_USERNAME", "GIFTCARD_PASSWORD")
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise errors.ConfigurationError(
+            f"{', '.join(missing)} not set: export the server's URL and your credentials, "
+            "e.g. GIFTCARD_URL=https://giftcard.myposerver.com"
+        )
+    return {
+        "base_url": os.environ["GIFTCARD_URL"],
+        "username": os.environ["GIFTCARD_USERNAME"],
+        "password": os.environ["GIFTCARD_PASSWORD"],
+        "card_key": os.environ.get("GIFTCARD_CARD_KEY") or None,
+    }
+
+
+class _Core:
+    """What both clients share: settings, the token cache, and every operation's flow."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        card_cipher: CardCipher | None = None,
+        card_key: str | None = None,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ) -> None:
+        self._settings = _protocol.Settings.make(base_url, username, password)
+        self.username = username
+        if card_cipher is None and card_key:
+            try:
+                card_cipher = AesGcmCardCipher.from_base64(card_key)
+            except ValueError as exc:
+                raise errors.ConfigurationError(f"GIFTCARD_CARD_KEY: {exc}") from None
+        self._cipher = card_cipher
+        if retries < 1:
+            raise errors.ConfigurationError("retries counts attempts: at least 1")
+        self.attempts = retries
+        self.backoff = backoff
+        # Tokens by a digest of the card number: the cache never holds a number itself.
+        self._tokens: dict[str, models.Token] = {}
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r}, username={self.username!r})"
+
+    # ----------------------------------------------------------- card flows
+
+    def _card_field(
+        self, card: CardLike, renew: bool = False
+    ) -> Flow[tuple[dict[str, str], str, bool]]:
+        """(the request's card field, the card masked, whether a cached token was used)."""
+        if isinstance(card, str):
+            return {"cardtoken": card}, "(token)", False
+        if not isinstance(card, Card):
+            raise errors.InvalidInput(
+                "card must be a Card(number, security_code), a demo card or a token string"
+            )
+        if card.security_code:
+            key = hashlib.sha256(card.number.encode()).hexdigest()
+            cached = self._tokens.get(key)
+            fresh = cached and cached.expires_at - RENEW_BEFORE > datetime.now(UTC)
+            if cached and fresh and not renew:
+                return {"cardtoken": cached.token}, card.masked, True
+            token: models.Token = yield _protocol.tokenize(
+                self._settings, card.number, card.security_code
+            )
+            self._tokens[key] = token
+            return {"cardtoken": token.token}, card.masked, True
+        if self._cipher is not None:
+            return {"encrypted": self._cipher.encrypt(card.number)}, card.masked, False
+        raise errors.ConfigurationError(
+            f"card {card.masked} has no security code and no card key is configured: give "
+            "Card(number, security_code) or set GIFTCARD_CARD_KEY"
+        )
+
+    def _with_card(
+        self, card: CardLike, build: Callable[[dict[str, str], str, bool], Call[T]]
+    ) -> Flow[T]:
+        """Send a call about a card; on ``100007`` re-tokenize once and send it again.
+
+        ``build`` gets ``retry=True`` for the second call, so a money-moving call can take
+        a fresh Idempotency-Key: its body differs (a new token) and the declined first
+        attempt moved nothing.
+        """
+        field, masked, cached = yield from self._card_field(card)
+        try:
+            result: T = yield build(field, masked, False)
+            return result
+        except errors.TokenInvalid:
+            if not isinstance(card, Card) or not card.security_code:
+                raise
+            log.debug("token for %s refused (100007): tokenizing again", masked)
+            field, masked, _ = yield from self._card_field(card, renew=True)
+            retried: T = yield build(field, masked, True)
+            return retried
+
+    @staticmethod
+    def _key(key: str | None, retry: bool) -> str:
+        key = key or _protocol.new_idempotency_key()
+        return hashlib.sha256(f"{key}:renewed".encode()).hexdigest()[:40] if retry else key
+
+    # ---------------------------------------------------------- operations
+
+    def _health_flow(self) -> Flow[models.Health]:
+        return (yield _protocol.health(self._settings))
+
+    def _verify_flow(self) -> Flow[models.Verification]:
+        return (yield _protocol.verify(self._settings))
+
+    def _tokenize_flow(self, card: Card) -> Flow[models.Token]:
+        if not isinstance(card, Card) or not card.security_code:
+            raise errors.InvalidInput("tokenize needs a Card with its 4-digit security code")
+        token: models.Token = yield _protocol.tokenize(
+            self._settings, card.number, card.security_code
+        )
+        self._tokens[hashlib.sha256(card.number.encode()).hexdigest()] = token
+        return token
+
+    def _balance_flow(self, card: CardLike) -> Flow[models.Balance]:
+        return (
+            yield from self._with_card(
+                card, lambda field, masked, _: _protocol.balance(self._settings, field, masked)
+            )
+        )
+
+    def _load_flow(
+        self,
+        card: CardLike,
+        amount: Any,
+        store: Any,
+        pos_ref: str | None,
+        key: str | None,
+        *,
+        sale: bool,
+    ) -> Flow[models.Load]:
+        value, store_id = _protocol.money(amount), _protocol.store_id(store)
+        key = key or _protocol.new_idempotency_key()
+        return (
+            yield from self._with_card(
+                card,
+                lambda field, masked, retry: _protocol.load(
+                    self._settings,
+                    field,
+                    masked,
+                    sale=sale,
+                    amount=value,
+                    store=store_id,
+                    pos_ref=pos_ref,
+                    key=self._key(key, retry),
+                ),
+            )
+        )
+
+    def _redeem_flow(
+        self,
+        card: CardLike,
+        amount: Any,
+        store: Any,
+        pos_ref: str | None,
+        accept_partial: bool,
+        key: str | None,
+    ) -> Flow[models.Redemption]:
+        value, store_id = _protocol.money(amount), _protocol.store_id(store)
+        key = key or _protocol.new_idempotency_key()
+        return (
+            yield from self._with_card(
+                card,
+                lambda field, masked, retry: _protocol.redeem(
+                    self._settings,
+                    field,
+                    masked,
+                    amount=value,
+                    store=store_id,
+                    pos_ref=pos_ref,
+                    accept_partial=accept_partial,
+                    key=self._key(key, retry),
+                ),
+            )
+        )
+
+    def _status_flow(
+        self, card: CardLike, active: bool, reason: str, key: str | None
+    ) -> Flow[models.StatusChange]:
+        key = key or _protocol.new_idempotency_key()
+        return (
+            yield from self._with_card(
+                card,
+                lambda field, masked, retry: _protocol.change_status(
+                    self._settings,
+                    field,
+                    masked,
+                    active=active,
+                    reason=reason,
+                    key=self._key(key, retry),
+                ),
+            )
+        )
+
+    def _batches_flow(
+        self,
+        store: Any,
+        status: str,
+        since: date | None,
+        until: date | None,
+        limit: int,
+        transactions: bool,
+    ) -> Flow[list[models.Batch]]:
+        return (
+            yield _protocol.batches(
+                self._settings,
+                _protocol.store_id(store),
+                status=status,
+                since=since,
+                until=until,
+                limit=limit,
+                transactions=transactions,
+            )
+        )
+
+    def _close_flow(
+        self, store: Any, expected_count: int | None, expected_amount: Any, key: str | None
+    ) -> Flow[models.Batch]:
+        amount = (
+            None if expected_amount is None else _protocol.money(expected_amount, "expected_amount")
+        )
+        return (
+            yield _protocol.close_batch(
+                self._settings,
+                _protocol.store_id(store),
+                expected_count=expected_count,
+                expected_amount=amount,
+                key=key or _protocol.new_idempotency_key(),
+            )
+        )
+
+    def _log(self, call: Call[Any], response: httpx.Response, started: float) -> None:
+        log.debug(
+            "%s -> HTTP %s in %.1f ms",
+            call.label,
+            response.status_code,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+class GiftCardClient(_Core):
+    """The GiftCard API over ``httpx.Client``. Use it as a context manager."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, username, password, **options)
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> GiftCardClient:
+        return cls(**{**_env_settings(), **options})
+
+    def __enter__(self) -> GiftCardClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _send(self, call: Call[T]) -> T:
+        for attempt in range(self.attempts):
+            started = time.perf_counter()
+            try:
+                response = self._http.send(call.request)
+            except httpx.TransportError as exc:
+                delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
+                if delay is None:
+                    raise _protocol.transport_error(call, exc) from None
+                log.debug("%s failed (%s): retry in %.2f s", call.label, type(exc).__name__, delay)
+                time.sleep(delay)
+                continue
+            self._log(call, response, started)
+            delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, response)
+            if delay is None:
+                return call.parse(response)
+            time.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _run(self, flow: Flow[T]) -> T:
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    result = self._send(call)
+                except errors.GiftCardError as exc:
+                    call = flow.throw(exc)
+                else:
+                    call = flow.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    def health(self) -> models.Health:
+        return self._run(self._health_flow())
+
+    def verify(self) -> models.Verification:
+        return self._run(self._verify_flow())
+
+    def tokenize(self, card: Card) -> models.Token:
+        return self._run(self._tokenize_flow(card))
+
+    def balance(self, card: CardLike) -> models.Balance:
+        return self._run(self._balance_flow(card))
+
+    def sell(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Load:
+        return self._run(self._load_flow(card, amount, store, pos_ref, idempotency_key, sale=True))
+
+    def reload(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Load:
+        return self._run(self._load_flow(card, amount, store, pos_ref, idempotency_key, sale=False))
+
+    def redeem(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        accept_partial: bool = False,
+        idempotency_key: str | None = None,
+    ) -> models.Redemption:
+        return self._run(
+            self._redeem_flow(card, amount, store, pos_ref, accept_partial, idempotency_key)
+        )
+
+    def change_status(
+        self, card: CardLike, active: bool, reason: str, idempotency_key: str | None = None
+    ) -> models.StatusChange:
+        return self._run(self._status_flow(card, active, reason, idempotency_key))
+
+    def batches(
+        self,
+        store: Any,
+        status: str = "all",
+        since: date | None = None,
+        until: date | None = None,
+        limit: int = 100,
+        transactions: bool = True,
+    ) -> list[models.Batch]:
+        return self._run(self._batches_flow(store, status, since, until, limit, transactions))
+
+    def close_batch(
+        self,
+        store: Any,
+        expected_count: int | None = None,
+        expected_amount: Decimal | int | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Batch:
+        return self._run(self._close_flow(store, expected_count, expected_amount, idempotency_key))
+
+
+class AsyncGiftCardClient(_Core):
+    """The GiftCard API over ``httpx.AsyncClient``: the same methods, awaited."""
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, username, password, **options)
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits)
+
+    @classmethod
+    def from_env(cls, **options: Any) -> AsyncGiftCardClient:
+        return cls(**{**_env_settings(), **options})
+
+    async def __aenter__(self) -> AsyncGiftCardClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _send(self, call: Call[T]) -> T:
+        for attempt in range(self.attempts):
+            started = time.perf_counter()
+            try:
+                response = await self._http.send(call.request)
+            except httpx.TransportError as exc:
+                delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
+                if delay is None:
+                    raise _protocol.transport_error(call, exc) from None
+                log.debug("%s failed (%s): retry in %.2f s", call.label, type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+                continue
+            self._log(call, response, started)
+            delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, response)
+            if delay is None:
+                return call.parse(response)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _run(self, flow: Flow[T]) -> T:
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    result = await self._send(call)
+                except errors.GiftCardError as exc:
+                    call = flow.throw(exc)
+                else:
+                    call = flow.send(result)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def health(self) -> models.Health:
+        return await self._run(self._health_flow())
+
+    async def verify(self) -> models.Verification:
+        return await self._run(self._verify_flow())
+
+    async def tokenize(self, card: Card) -> models.Token:
+        return await self._run(self._tokenize_flow(card))
+
+    async def balance(self, card: CardLike) -> models.Balance:
+        return await self._run(self._balance_flow(card))
+
+    async def sell(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Load:
+        return await self._run(
+            self._load_flow(card, amount, store, pos_ref, idempotency_key, sale=True)
+        )
+
+    async def reload(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Load:
+        return await self._run(
+            self._load_flow(card, amount, store, pos_ref, idempotency_key, sale=False)
+        )
+
+    async def redeem(
+        self,
+        card: CardLike,
+        amount: Decimal | int | str,
+        store: Any,
+        pos_ref: str | None = None,
+        accept_partial: bool = False,
+        idempotency_key: str | None = None,
+    ) -> models.Redemption:
+        return await self._run(
+            self._redeem_flow(card, amount, store, pos_ref, accept_partial, idempotency_key)
+        )
+
+    async def change_status(
+        self, card: CardLike, active: bool, reason: str, idempotency_key: str | None = None
+    ) -> models.StatusChange:
+        return await self._run(self._status_flow(card, active, reason, idempotency_key))
+
+    async def batches(
+        self,
+        store: Any,
+        status: str = "all",
+        since: date | None = None,
+        until: date | None = None,
+        limit: int = 100,
+        transactions: bool = True,
+    ) -> list[models.Batch]:
+        return await self._run(self._batches_flow(store, status, since, until, limit, transactions))
+
+    async def close_batch(
+        self,
+        store: Any,
+        expected_count: int | None = None,
+        expected_amount: Decimal | int | str | None = None,
+        idempotency_key: str | None = None,
+    ) -> models.Batch:
+        return await self._run(
+            self._close_flow(store, expected_count, expected_amount, idempotency_key)
+        )
