@@ -279,6 +279,12 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_query(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI checks the path and query before a handler runs: authenticate first, so
+        # that a caller without valid credentials gets 401, as on every other bad request.
+        try:
+            await authenticate(request)
+        except Unauthorized as refused:
+            return await _unauthorized(request, refused)
         errors: dict[str, list[str]] = {}
         for error in exc.errors():
             name = str(error["loc"][-1]) if error.get("loc") else "request"

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+from serverkit import MovableClock, Pos, body
+
+from giftcard_toolkit.server import running
+
+MASKED = re.compile(r"^\*{12}[0-9]{4}$")
+
+
+def test_batches_list_newest_first_with_totals_and_filters(srv, pos):
+    store = srv.stores[2].id
+    listed = body(pos.http.get(f"/Batch/{store}", params={"limit": 5}))
+    assert listed["statuscode"] == "000000" and listed["franchiseeid"] == store
+    batches = listed["batches"]
+    assert len(batches) == 5
+    assert batches[0]["status"] == "open" and batches[0]["closed"] is None
+    assert [b["opened"] for b in batches] == sorted((b["opened"] for b in batches), reverse=True)
+    for batch in batches:
+        kinds = {"sale": Decimal(0), "reload": Decimal(0), "redeem": Decimal(0)}
+        for t in batch["transactions"]:
+            kinds[t["type"]] += t["amount"]
+            assert MASKED.match(t["cardno"]) and re.fullmatch(r"[0-9a-f]{16}", t["cardref"])
+            sign = -1 if t["type"] == "redeem" else 1
+            assert t["newbalance"] == t["previousbalance"] + sign * t["amount"]
+        assert batch["transactioncount"] == len(batch["transactions"])
+        assert (batch["soldamount"], batch["reloadedamount"], batch["redeemedamount"]) == (
+            kinds["sale"],
+            kinds["reload"],
+            kinds["redeem"],
+        )
+        assert batch["netamount"] == kinds["sale"] + kinds["reload"] - kinds["redeem"]
+        times = [t["datetime"] for t in batch["transactions"]]
+        assert times == sorted(times), "oldest first within a batch"
+
+    closed = body(
+        pos.http.get(
+            f"/Batch/{store}",
+            params={
+                "status": "closed",
+                "from": "2026-09-10",
+                "to": "2026-09-12",
+                "includetransactions": "false",
+            },
+        )
+    )["batches"]
+    assert [b["opened"][:10] for b in closed] == ["2026-09-12", "2026-09-11", "2026-09-10"]
+    assert all("transactions" not in b and b["status"] == "closed" for b in closed)
+    opened = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"]
+    assert len(opened) == 1
+
+
+def test_cardref_follows_one_card_across_transactions(srv, pos):
+    store = srv.stores[0].id
+    card, token = pos.sold_card("30")
+    pos.post("/Transaction/radeem", {"cardtoken": token, "amount": 5, "FranchiseeID": store})
+    listed = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"][0]
+    mine = [t for t in listed["transactions"] if t["cardno"].endswith(card.number[-4:])]
+    assert len({t["cardref"] for t in mine}) == 1
+    assert card.number not in pos.http.get(f"/Batch/{store}").text
+
+
+def test_close_batch_with_expected_totals():
+    clock = MovableClock()
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        store = srv.stores[1].id
+        open_now = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"][0]
+        mismatch = pos.post(f"/Batch/batch/{store}", {"expectedcount": 1, "expectedamount": 1})
+        assert mismatch["statuscode"] == "100013"
+        assert mismatch["transactioncount"] == open_now["transactioncount"]
+        assert mismatch["netamount"] == open_now["netamount"]
+        closed = pos.post(
+            f"/Batch/batch/{store}",
+            {
+                "expectedcount": open_now["transactioncount"],
+                "expectedamount": open_now["netamount"],
+            },
+        )
+        assert closed["statuscode"] == "000000"
+        (batch,) = closed["batches"]
+        assert batch["batchid"] == open_now["batchid"] and batch["status"] == "closed"
+        assert len(batch["transactions"]) == open_now["transactioncount"]
+        again = pos.http.post(f"/Batch/batch/{store}")
+        assert body(again)["statuscode"] == "100016"
+        clock.advance(minutes=1)
+        _, token = pos.sold_card("10", store_index=1)
+        after = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"]
+        assert len(after) == 1 and after[0]["batchid"] != batch["batchid"]
+        assert after[0]["transactioncount"] == 1
+        pos.close()
+
+
+def test_days_filter_uses_the_server_time_zone():
+    from zoneinfo import ZoneInfo
+
+    with running(tz=ZoneInfo("America/New_York")) as srv:
+        pos = Pos(srv)
+        store = srv.stores[0].id
+        batches = body(
+            pos.http.get(
+                f"/Batch/{store}",
+                params={"status": "closed", "from": "2026-09-20", "to": "2026-09-20"},
+            )
+        )["batches"]
+        assert len(batches) == 1
+        assert batches[0]["opened"].startswith("2026-09-20T")
+        assert batches[0]["opened"].endswith("-04:00")
+        pos.close()
