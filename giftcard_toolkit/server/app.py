@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
@@ -43,6 +44,7 @@ from giftcard_toolkit.server.fields import (
     query_date,
 )
 from giftcard_toolkit.server.ledger import (
+    CardRef,
     Idempotency,
     IdempotencyLost,
     Ledger,
@@ -318,6 +320,16 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
     async def read_body(request: Request, *, required: bool = True) -> Fields:
         return Fields(parse_json_object(await request.body(), required=required))
 
+    def movement(fields: Fields) -> tuple[CardRef, Decimal, str, str | None]:
+        """The fields every money movement has; raises the 400 naming all that are wrong."""
+        ref = fields.card_ref()
+        amount = fields.money("amount", required=True)
+        store_id = fields.guid("FranchiseeID")
+        pos_ref = fields.text("PosRef", max_length=100)
+        fields.check()
+        assert ref is not None and amount is not None and store_id is not None
+        return ref, amount, store_id, pos_ref
+
     async def write(operation: Callable[[], T]) -> T:
         """Run a ledger write in the ledger's writer thread (group commit); await its commit."""
         return await asyncio.wrap_future(ledger.submit(operation))
@@ -438,12 +450,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
     async def load(request: Request, *, sale: bool) -> Response:
         user = await authenticate(request)
         fields = await read_body(request)
-        ref = fields.card_ref()
-        amount = fields.money("amount", required=True)
-        store_id = fields.guid("FranchiseeID")
-        pos_ref = fields.text("PosRef", max_length=100)
-        fields.check()
-        assert ref is not None and amount is not None and store_id is not None
+        ref, amount, store_id, pos_ref = movement(fields)
         return await idempotent(
             request,
             user,
@@ -488,13 +495,8 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
     async def radeem(request: Request) -> Response:
         user = await authenticate(request)
         fields = await read_body(request)
-        ref = fields.card_ref()
-        amount = fields.money("amount", required=True)
-        store_id = fields.guid("FranchiseeID")
-        pos_ref = fields.text("PosRef", max_length=100)
         partial = fields.boolean("acceptpartialamount") or False
-        fields.check()
-        assert ref is not None and amount is not None and store_id is not None
+        ref, amount, store_id, pos_ref = movement(fields)
         return await idempotent(
             request,
             user,
