@@ -75,8 +75,9 @@ def liability(txs: Frame, every: str = "1d") -> pl.DataFrame:
     """Outstanding balance (what the cards still hold) at the end of each period.
 
     Per card's home store (where it was sold), and in total (``store_id == "*"``). The
-    window's opening liability is what the cards held before their first transaction in
-    it (``previous_balance``), so a window that starts mid-history is still right.
+    window's opening liability is what its cards held before their first transaction in
+    it (``previous_balance``); a card with no transaction in the window is not seen, so
+    for the whole liability pass the whole history (``frames.fetch`` does by default).
     Columns: ``period`` (start of the period), ``store_id``, ``store_name``, ``liability``.
     """
     lf = _with_home_store(_lazy(txs))

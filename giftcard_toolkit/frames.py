@@ -351,7 +351,9 @@ def read(path: str | Path) -> pl.DataFrame:
         schema = TRANSACTION_SCHEMA if "host_ref" in df.columns else BATCH_SCHEMA
         return conform(df, schema)
     if path.suffix == ".csv":
-        header = path.open().readline()
+        with path.open() as handle:
+            header = handle.readline().strip().split(",")
         schema = TRANSACTION_SCHEMA if "host_ref" in header else BATCH_SCHEMA
-        return conform(pl.read_csv(path, schema=_loose(schema)), schema)
+        types = {k: v for k, v in _loose(schema).items() if k in header}
+        return conform(pl.read_csv(path, schema_overrides=types), schema)
     raise ValueError(f"{path.name}: read .parquet or .csv")

@@ -1,0 +1,137 @@
+"""Frames: schemas enforced, three ways in that agree, files that round-trip, no card numbers."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from decimal import Decimal
+
+import httpx
+import polars as pl
+import pytest
+
+from giftcard_toolkit import AsyncGiftCardClient, GiftCardClient, frames
+from giftcard_toolkit.server import running
+
+
+@pytest.fixture(scope="module")
+def demo():
+    with running() as srv, GiftCardClient(srv.url, srv.username, srv.password) as gc:
+        batches, txs = frames.fetch(gc)
+        raw = [
+            httpx.get(
+                f"{srv.url}/Batch/{s.id}", params={"limit": 1000}, auth=(srv.username, srv.password)
+            ).content
+            for s in srv.stores
+        ]
+        yield srv, batches, txs, raw
+
+
+def test_fetch_returns_every_batch_and_transaction_with_the_schemas(demo):
+    srv, batches, txs, _ = demo
+    assert batches.schema == frames.BATCH_SCHEMA
+    assert txs.schema == frames.TRANSACTION_SCHEMA
+    assert set(batches["store_id"]) == {s.id for s in srv.stores}
+    assert batches.height == 3 * 90, "one batch per store and day"
+    assert batches.filter(pl.col("status") == "open").height == 3
+    assert txs.height == batches["transaction_count"].sum()
+    assert txs["card_ref"].null_count() == 0
+
+
+def test_no_frame_holds_a_card_number(demo):
+    srv, batches, txs, _ = demo
+    text = txs.write_csv() + batches.write_csv()
+    numbers = {c.number for c in srv.card_stock}
+    assert not any(n in text for n in numbers)
+    assert txs["card_last4"].str.len_chars().unique().to_list() == [4]
+
+
+def test_raw_json_gives_the_same_frames(demo):
+    _, batches, txs, raw = demo
+    from_json_batches, from_json_txs = frames.from_json(raw)
+    key = ["store_id", "batch_id"]
+    assert from_json_batches.sort(key).equals(batches.sort(key))
+    assert from_json_txs.sort("host_ref").equals(txs.sort("host_ref"))
+
+
+def test_a_production_spelling_goes_through_the_tolerant_reader(demo):
+    _, batches, txs, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+
+    def pascal(value):
+        if isinstance(value, dict):
+            return {k[:1].upper() + k[1:]: pascal(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [pascal(v) for v in value]
+        return value
+
+    import simplejson
+
+    shouted = simplejson.dumps(pascal(envelope), use_decimal=True)
+    got_batches, got_txs = frames.from_json(shouted)
+    store = envelope["franchiseeid"]
+    assert got_txs.sort("host_ref").equals(txs.filter(pl.col("store_id") == store).sort("host_ref"))
+    assert got_batches.height == batches.filter(pl.col("store_id") == store).height
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv"])
+def test_files_round_trip_exactly(demo, tmp_path, suffix):
+    _, batches, txs, _ = demo
+    for frame in (batches, txs):
+        path = frames.write(frame, tmp_path / f"frame{suffix}")
+        back = frames.read(path)
+        assert back.schema == frame.schema
+        assert back.equals(frame)
+
+
+def test_reading_refuses_a_file_missing_columns(tmp_path):
+    pl.DataFrame({"host_ref": ["1"], "amount": ["1.00"]}).write_csv(tmp_path / "bad.csv")
+    with pytest.raises(ValueError, match="missing columns"):
+        frames.read(tmp_path / "bad.csv")
+
+
+def test_conform_refuses_more_than_four_card_digits():
+    row = {name: None for name in frames.TRANSACTION_SCHEMA}
+    row.update(host_ref="1", type="sale", card_last4="6006491234567897", amount=Decimal("1"))
+    with pytest.raises(ValueError, match="last four"):
+        frames.conform(
+            pl.DataFrame([row], schema_overrides={"amount": frames.MONEY}),
+            frames.TRANSACTION_SCHEMA,
+        )
+
+
+def test_empty_inputs_give_empty_frames_with_the_schemas():
+    assert frames.batches_frame([]).schema == frames.BATCH_SCHEMA
+    assert frames.transactions_frame([]).schema == frames.TRANSACTION_SCHEMA
+    empty_batches, empty_txs = frames.from_json([])
+    assert empty_txs.schema == frames.TRANSACTION_SCHEMA and empty_txs.is_empty()
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_fetch_with_the_async_client_and_a_date_window():
+    with running() as srv:
+        async with AsyncGiftCardClient(srv.url, srv.username, srv.password) as agc:
+            batches, _ = await frames.fetch(agc, stores=[srv.stores[0].id])
+            window, _ = await frames.fetch(
+                agc, stores=[srv.stores[0]], since=date(2026, 9, 10), until=date(2026, 9, 12)
+            )
+    assert batches.height == 90 and set(batches["store_id"]) == {srv.stores[0].id}
+    assert sorted(window["opened_at"].dt.date().to_list()) == [
+        date(2026, 9, 10),
+        date(2026, 9, 11),
+        date(2026, 9, 12),
+    ]
+
+
+def test_fetch_pages_past_a_thousand_batches(monkeypatch):
+    monkeypatch.setattr(frames, "PAGE", 40)
+    with running() as srv, GiftCardClient(srv.url, srv.username, srv.password) as gc:
+        batches, txs = frames.fetch(gc, stores=[srv.stores[1].id])
+    assert batches.height == 90
+    assert batches["batch_id"].n_unique() == 90
+    assert txs["host_ref"].n_unique() == txs.height
