@@ -150,30 +150,37 @@ def redemption_curve(txs: Frame, horizon_days: int = 84, step_days: int = 7) -> 
     activation = (
         lf.filter(_of_type("sale")).group_by("card").agg(pl.col("at").min().alias("activated"))
     )
-    last_seen = lf.select(pl.col("at").max().alias("data_end"))
-    steps = list(range(0, horizon_days + 1, step_days))
-    per_tx = lf.join(activation, on="card", how="inner").with_columns(
-        pl.col("activated").dt.truncate("1w").dt.date().alias("activation_week"),
-        ((pl.col("at") - pl.col("activated")).dt.total_seconds() / 86400).alias("age"),
+    data_end = lf.select(pl.col("at").max().alias("data_end"))
+    per_tx = (
+        lf.join(activation, on="card", how="inner")
+        .with_columns(
+            pl.col("activated").dt.truncate("1w").dt.date().alias("activation_week"),
+            ((pl.col("at") - pl.col("activated")).dt.total_seconds() / 86400).alias("age"),
+        )
+        .filter(pl.col("age") <= horizon_days)
+        # The first N of the grid whose window holds the transaction (age <= N).
+        .with_columns(((pl.col("age") / step_days).ceil() * step_days).cast(pl.Int64).alias("days"))
     )
     cohort = per_tx.group_by("activation_week").agg(
         pl.col("card").n_unique().cast(pl.Int64).alias("cards"),
         pl.col("activated").max().alias("youngest"),
     )
-    grid = pl.LazyFrame({"days": steps}, schema={"days": pl.Int64})
-    sums = (
-        per_tx.join(grid, how="cross")
-        .filter(pl.col("age") <= pl.col("days"))
-        .group_by("activation_week", "days")
-        .agg(
-            _money_sum(pl.col("amount").filter(~_of_type("redeem"))).alias("loaded"),
-            _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redeemed"),
-        )
+    per_step = per_tx.group_by("activation_week", "days").agg(
+        _money_sum(pl.col("amount").filter(~_of_type("redeem"))).alias("loaded"),
+        _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redeemed"),
+    )
+    grid = pl.LazyFrame(
+        {"days": list(range(0, horizon_days + 1, step_days))}, schema={"days": pl.Int64}
     )
     return (
         cohort.join(grid, how="cross")
-        .join(sums, on=["activation_week", "days"], how="left")
-        .join(last_seen, how="cross")
+        .join(per_step, on=["activation_week", "days"], how="left")
+        .sort("activation_week", "days")
+        .with_columns(
+            pl.col(name).fill_null(0).cum_sum().over("activation_week").cast(MONEY)
+            for name in ("loaded", "redeemed")
+        )
+        .join(data_end, how="cross")
         .filter(
             (pl.col("data_end") - pl.col("youngest")).dt.total_seconds() / 86400 >= pl.col("days")
         )
@@ -181,8 +188,8 @@ def redemption_curve(txs: Frame, horizon_days: int = 84, step_days: int = 7) -> 
             "activation_week",
             "days",
             "cards",
-            pl.col("loaded").fill_null(0).cast(MONEY),
-            pl.col("redeemed").fill_null(0).cast(MONEY),
+            "loaded",
+            "redeemed",
             pl.when(pl.col("loaded") > 0)
             .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
             .alias("share"),
