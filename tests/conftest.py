@@ -1,4 +1,4 @@
-"""Shared fixtures: a live demo server over loopback, a POS on it, a movable clock."""
+"""Shared fixtures: a live demo server over loopback, a POS on it, fresh cards, a clock."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ from serverkit import MovableClock, Pos
 
 from giftcard_toolkit.server import running
 from giftcard_toolkit.server.runner import RunningServer
+from giftcard_toolkit.server.seed import DemoCard
 
 
 @pytest.fixture(scope="module")
 def srv() -> Iterator[RunningServer]:
+    """One demo server per test module; its books must balance when the module is done."""
     with running() as server:
         yield server
+        assert server.ledger.check_invariants() == []
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,12 @@ def pos(srv: RunningServer) -> Iterator[Pos]:
     terminal = Pos(srv)
     yield terminal
     terminal.close()
+
+
+@pytest.fixture
+def fresh_card(pos: Pos) -> DemoCard:
+    """An unsold card of the first store that no other test of this module has touched."""
+    return pos.fresh_card()
 
 
 @pytest.fixture

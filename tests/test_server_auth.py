@@ -1,15 +1,15 @@
+"""Who may do what: Basic credentials on every endpoint but /Health, and store grants."""
+
 from __future__ import annotations
 
 import base64
-import re
+from datetime import datetime
 
 import httpx
 import pytest
 from serverkit import Pos, body
 
-from giftcard_toolkit.server import running
-
-MASKED = re.compile(r"^\*{12}[0-9]{4}$")
+from giftcard_toolkit.server import hash_password, running
 
 
 def test_health_needs_no_credentials(srv):
@@ -149,3 +149,30 @@ def test_demo_gets_100010_for_a_store_that_does_not_exist(srv):
         listed = body(demo.get(f"/Batch/{unknown}"))
         assert (listed["statuscode"], listed["batches"]) == ("100010", [])
         assert body(demo.post(f"/Batch/batch/{unknown}"))["statuscode"] == "100010"
+
+
+def test_health_tells_the_server_clock(clock):
+    with running(clock=clock) as srv:
+        answer = httpx.get(f"{srv.url}/Health")
+        assert answer.status_code == 200
+        assert datetime.fromisoformat(answer.json()["time"]) == clock.now
+
+
+def test_basic_scheme_is_case_insensitive_and_passwords_may_hold_colons(srv):
+    srv.ledger.put_user("lane9", hash_password("pa:ss:word"), [srv.stores[0].id])
+    encoded = base64.b64encode(b"lane9:pa:ss:word").decode()
+    for scheme in ("Basic", "basic", "BASIC"):
+        answer = httpx.put(
+            f"{srv.url}/Auth/verify", headers={"Authorization": f"{scheme} {encoded}"}
+        )
+        assert answer.status_code == 200 and answer.json()["username"] == "lane9"
+    wrong_case = base64.b64encode(b"LANE9:pa:ss:word").decode()
+    refused = httpx.put(f"{srv.url}/Auth/verify", headers={"Authorization": f"Basic {wrong_case}"})
+    assert refused.status_code == 401
+
+
+def test_verify_ignores_a_body(srv):
+    answer = httpx.put(
+        f"{srv.url}/Auth/verify", auth=(srv.username, srv.password), content=b"{not json"
+    )
+    assert answer.status_code == 200 and answer.json()["statuscode"] == "000000"

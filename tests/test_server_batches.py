@@ -1,6 +1,9 @@
+"""Settlement batches: listing with totals and filters, closing, the open/closed life."""
+
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from decimal import Decimal
 
 from serverkit import MovableClock, Pos, body
@@ -109,3 +112,13 @@ def test_days_filter_uses_the_server_time_zone():
         assert batches[0]["opened"].startswith("2026-09-20T")
         assert batches[0]["opened"].endswith("-04:00")
         pos.close()
+
+
+def test_every_time_carries_its_utc_offset(srv, pos):
+    pos.sold_card("3", store_index=2)
+    listed = body(pos.http.get(f"/Batch/{srv.stores[2].id}", params={"limit": 3}))
+    times = [b["opened"] for b in listed["batches"]]
+    times += [b["closed"] for b in listed["batches"] if b["closed"]]
+    times += [t["datetime"] for b in listed["batches"] for t in b["transactions"]]
+    assert len(times) > 3
+    assert all(datetime.fromisoformat(t).utcoffset() is not None for t in times)

@@ -1,14 +1,15 @@
+"""Idempotency-Key: replays, 422 for another body, 409 in flight; nothing applied twice."""
+
 from __future__ import annotations
 
 import json
-import re
 from decimal import Decimal
 
 from serverkit import Pos, body
 
+from giftcard_toolkit.cards import AesGcmCardCipher
+from giftcard_toolkit.server import running
 from giftcard_toolkit.server.ledger import Idempotency
-
-MASKED = re.compile(r"^\*{12}[0-9]{4}$")
 
 
 def _ledger_count(srv) -> int:
@@ -46,6 +47,8 @@ def test_same_key_with_another_body_is_refused_with_422(srv, pos):
     )
     assert other.status_code == 422
     assert other.headers["content-type"].startswith("application/problem+json")
+    problem = other.json()
+    assert problem["status"] == 422 and problem["title"] and problem["type"]
     assert pos.balance(token) == 35
 
 
@@ -91,6 +94,7 @@ def test_a_key_in_flight_is_refused_with_409(srv, pos):
         "POST", "/Transaction/radeem", request, headers={"Idempotency-Key": "busy-1"}
     )
     assert response.status_code == 409
+    assert response.json()["status"] == 409
     assert pos.balance(token) == 30
 
 
@@ -139,3 +143,95 @@ def test_a_bad_idempotency_key_is_a_400(srv, pos):
     )
     assert response.status_code == 400
     assert "Idempotency-Key" in response.json()["errors"]
+
+
+def _open_host_refs(pos, store: str) -> list[str]:
+    listed = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"]
+    return [t["hostRef"] for b in listed for t in b["transactions"]]
+
+
+def test_a_replayed_sale_is_one_transaction_in_the_batch(srv, pos):
+    store = srv.stores[1].id
+    token = pos.token(pos.fresh_card(1))
+    request = {"cardtoken": token, "amount": Decimal("15.00"), "FranchiseeID": store}
+    key = {"Idempotency-Key": "sale-lane3-0001"}
+    first = pos.send("POST", "/Transaction/sellnewcard", request, headers=key)
+    again = pos.send("POST", "/Transaction/sellnewcard", request, headers=key)
+    assert body(first)["statuscode"] == "000000", "the replay is the sale, not a 100004"
+    assert again.text == first.text and again.headers["idempotent-replayed"] == "true"
+    assert _open_host_refs(pos, store).count(body(first)["hostRef"]) == 1
+    assert pos.balance(token) == 15
+
+
+def test_a_replayed_status_change_is_the_first_answer(srv, pos):
+    _, token = pos.sold_card("9")
+    request = {"cardtoken": token, "status": False, "reason": "reported lost"}
+    key = {"Idempotency-Key": "block-9"}
+    first = pos.send("PATCH", "/Transaction/changestatus", request, headers=key)
+    again = pos.send("PATCH", "/Transaction/changestatus", request, headers=key)
+    assert body(first)["statuscode"] == "000000"
+    assert again.text == first.text, "not 100015: the stored answer comes back"
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+def test_a_replayed_batch_close_does_not_close_the_next_batch(srv, pos):
+    store = srv.stores[2].id
+    pos.sold_card("5", store_index=2)
+    key = {"Idempotency-Key": "settle-2026-10-01"}
+    first = pos.http.post(f"/Batch/batch/{store}", headers=key)
+    assert body(first)["statuscode"] == "000000"
+    pos.sold_card("6", store_index=2)  # opens the next batch
+    again = pos.http.post(f"/Batch/batch/{store}", headers=key)
+    assert again.text == first.text and again.headers["idempotent-replayed"] == "true"
+    (still_open,) = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"]
+    assert still_open["transactioncount"] == 1
+
+
+def test_without_a_key_the_same_request_applies_twice(srv, pos):
+    _, token = pos.sold_card("10")
+    request = {"cardtoken": token, "amount": 1, "FranchiseeID": srv.stores[0].id, "PosRef": "A"}
+    first = pos.post("/Transaction/radeem", request)
+    second = pos.post("/Transaction/radeem", request)
+    assert first["hostRef"] != second["hostRef"]
+    assert pos.balance(token) == 8
+
+
+def test_a_request_that_failed_validation_does_not_burn_its_key(srv, pos):
+    _, token = pos.sold_card("10")
+    key = {"Idempotency-Key": "retry-after-400"}
+    store = srv.stores[0].id
+    bad = pos.send(
+        "POST", "/Transaction/radeem", {"cardtoken": token, "FranchiseeID": store}, headers=key
+    )
+    assert bad.status_code == 400
+    good = pos.send(
+        "POST",
+        "/Transaction/radeem",
+        {"cardtoken": token, "amount": 1, "FranchiseeID": store},
+        headers=key,
+    )
+    assert good.status_code == 200 and "idempotent-replayed" not in good.headers
+    assert pos.balance(token) == 9
+
+
+def test_a_key_is_remembered_for_24_hours(clock):
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        card, _ = pos.sold_card("50")
+        cipher = AesGcmCardCipher.from_base64(srv.card_key)
+        # The same cipher text every time, so that the body stays the same for a day.
+        request = {
+            "encrypted": cipher.encrypt(card.number),
+            "amount": 1,
+            "FranchiseeID": srv.stores[0].id,
+        }
+        key = {"Idempotency-Key": "nightly-1"}
+        first = pos.send("POST", "/Transaction/radeem", request, headers=key)
+        clock.advance(hours=23, minutes=59)
+        late = pos.send("POST", "/Transaction/radeem", request, headers=key)
+        assert late.headers.get("idempotent-replayed") == "true" and late.text == first.text
+        clock.advance(minutes=1, seconds=1)
+        next_day = pos.send("POST", "/Transaction/radeem", request, headers=key)
+        assert "idempotent-replayed" not in next_day.headers
+        assert body(next_day)["newbalance"] == Decimal("48.00"), "applied as a new request"
+        pos.close()

@@ -1,14 +1,14 @@
+"""Card tokens: 16 random digits, 10 minutes, only for their creator; the code lockout."""
+
 from __future__ import annotations
 
 import re
 from datetime import timedelta
 
 import httpx
-from serverkit import UNKNOWN_CARD, MovableClock, Pos
+from serverkit import UNKNOWN_CARD, MovableClock, Pos, body
 
 from giftcard_toolkit.server import running
-
-MASKED = re.compile(r"^\*{12}[0-9]{4}$")
 
 
 def test_token_is_16_digits_valid_for_10_minutes(pos):
@@ -130,3 +130,43 @@ def test_lockout_holds_under_concurrent_guesses(srv, pos):
     assert codes.count("100008") == 5, codes
     assert codes.count("100014") == 25
     assert guess(card.security_code) == "100014"
+
+
+def test_a_lockout_is_per_card(clock):
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        locked, neighbour = pos.fresh_card(), pos.fresh_card()
+        wrong = f"{(int(locked.security_code) + 1) % 10000:04d}"
+        for _ in range(5):
+            pos.post("/v1/Token", {"cardnumber": locked.number, "securitycode": wrong})
+        assert pos.token(neighbour)
+        answer = pos.post(
+            "/v1/Token", {"cardnumber": locked.number, "securitycode": locked.security_code}
+        )
+        assert (answer["statuscode"], answer["status"]) == ("100014", False)
+        assert "token" not in answer
+        pos.close()
+
+
+def test_each_token_is_new_random_and_not_the_card_number(pos, fresh_card):
+    tokens = {pos.token(fresh_card) for _ in range(5)}
+    assert len(tokens) == 5
+    assert fresh_card.number not in tokens
+    assert all(re.fullmatch(r"[0-9]{16}", t) for t in tokens)
+
+
+def test_an_expired_token_is_refused_on_every_card_endpoint(clock):
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        _, token = pos.sold_card("10")
+        clock.advance(minutes=10)
+        store = srv.stores[0].id
+        for method, path, extra in [
+            ("POST", "/Transaction/balancecheck", {}),
+            ("POST", "/Transaction/reload", {"amount": 1, "FranchiseeID": store}),
+            ("POST", "/Transaction/radeem", {"amount": 1, "FranchiseeID": store}),
+            ("PATCH", "/Transaction/changestatus", {"status": False, "reason": "x"}),
+        ]:
+            answer = body(pos.send(method, path, {"cardtoken": token, **extra}))
+            assert answer["statuscode"] == "100007", path
+        pos.close()

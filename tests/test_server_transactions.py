@@ -1,7 +1,9 @@
+"""The /Transaction endpoints: each approval, each decline, and POS field quirks."""
+
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -418,3 +420,55 @@ def test_posref_is_recorded_in_either_spelling_and_null_is_absent(srv, pos):
     listed = body(pos.http.get(f"/Batch/{store}", params={"status": "open"}))["batches"][0]
     posrefs = {t["hostRef"]: t["posref"] for t in listed["transactions"]}
     assert [posrefs[r] for r in refs] == ["lane-1", "LANE-2", None]
+
+
+def test_a_single_load_is_capped_at_500(srv, pos):
+    store = srv.stores[0].id
+    fresh = pos.token(pos.fresh_card())
+    sold = pos.post(
+        "/Transaction/sellnewcard",
+        {"cardtoken": fresh, "amount": Decimal("500.00"), "FranchiseeID": store},
+    )
+    assert sold["statuscode"] == "000000"
+    over = pos.post(
+        "/Transaction/reload",
+        {"cardtoken": fresh, "amount": Decimal("500.01"), "FranchiseeID": store},
+    )
+    assert (over["statuscode"], over["status"]) == ("100012", False)
+    assert pos.balance(fresh) == 500
+
+
+def test_card_times_follow_the_server_clock(clock):
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        sold_at = clock.now
+        _, token = pos.sold_card("50")
+        clock.advance(minutes=3)
+        pos.post(
+            "/Transaction/radeem",
+            {"cardtoken": token, "amount": 1, "FranchiseeID": srv.stores[0].id},
+        )
+        clock.advance(minutes=3)
+        checked = pos.post("/Transaction/balancecheck", {"cardtoken": token})
+        assert datetime.fromisoformat(checked["activated"]) == sold_at
+        assert datetime.fromisoformat(checked["lastused"]) == sold_at + timedelta(minutes=3)
+        assert datetime.fromisoformat(checked["expire"]) == sold_at.replace(year=sold_at.year + 5)
+        pos.close()
+
+
+def test_accepting_partial_changes_nothing_when_the_balance_suffices(srv, pos):
+    _, token = pos.sold_card("10")
+    answer = pos.post(
+        "/Transaction/radeem",
+        {
+            "cardtoken": token,
+            "amount": 10,
+            "FranchiseeID": srv.stores[0].id,
+            "acceptpartialamount": True,
+        },
+    )
+    assert (answer["statuscode"], answer["approvedbalance"], answer["newbalance"]) == (
+        "000000",
+        Decimal("10.00"),
+        Decimal("0.00"),
+    )

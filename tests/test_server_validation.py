@@ -1,12 +1,9 @@
+"""Bad input is a 400 problem naming the field (or the contract's decline), never a 500."""
+
 from __future__ import annotations
 
-import re
-
 import pytest
-from serverkit import UNKNOWN_CARD
-
-MASKED = re.compile(r"^\*{12}[0-9]{4}$")
-
+from serverkit import UNKNOWN_CARD, body
 
 NOT_LUHN = UNKNOWN_CARD[:-1] + str((int(UNKNOWN_CARD[-1]) + 1) % 10)
 
@@ -101,6 +98,12 @@ def test_malformed_status_changes_are_400(pos, payload, field):
         ({"limit": "0"}, "limit"),
         ({"limit": "1001"}, "limit"),
         ({"includetransactions": "maybe"}, "includetransactions"),
+        ({"includetransactions": "yes"}, "includetransactions"),
+        ({"includetransactions": "1"}, "includetransactions"),
+        ({"includetransactions": ""}, "includetransactions"),
+        ({"status": "OPEN!"}, "status"),
+        ({"limit": "ten"}, "limit"),
+        ({"to": "2026-9-1"}, "to"),
     ],
 )
 def test_bad_batch_queries_are_400(srv, pos, query, field):
@@ -124,3 +127,89 @@ def test_close_batch_with_wrong_types_is_400(srv, pos):
     )
     assert response.status_code == 400
     assert set(response.json()["errors"]) == {"expectedcount", "expectedamount"}
+
+
+BODY_ENDPOINTS = [
+    ("POST", "/v1/Token"),
+    ("POST", "/Transaction/balancecheck"),
+    ("POST", "/Transaction/sellnewcard"),
+    ("POST", "/Transaction/reload"),
+    ("POST", "/Transaction/radeem"),
+    ("PATCH", "/Transaction/changestatus"),
+    ("POST", "/Batch/batch/{store}"),
+]
+JUNK = {
+    "not json": b"amount=5",
+    "truncated": b'{"amount": 5',
+    "array": b"[]",
+    "string": b'"hello"',
+    "number": b"42",
+    "null": b"null",
+    "not utf-8": b'{"cardtoken": "\xff\xfe"}',
+    "nested garbage": b'{"cardtoken": {"$ne": 1}, "cardnumber": [], "amount": {}, "status": [], '
+    b'"expectedcount": {}}',
+}
+
+
+@pytest.mark.parametrize("method,path", BODY_ENDPOINTS)
+@pytest.mark.parametrize("case", sorted(JUNK))
+def test_junk_bodies_are_400_problems_never_500(srv, pos, method, path, case):
+    response = pos.http.request(
+        method,
+        path.format(store=srv.stores[0].id),
+        content=JUNK[case],
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == 400 and problem["errors"]
+    assert all(isinstance(m, list) and m for m in problem["errors"].values())
+
+
+@pytest.mark.parametrize("path", ["/Transaction/sellnewcard", "/Transaction/reload"])
+@pytest.mark.parametrize(
+    "payload,field",
+    [
+        ({"amount": 5, "FranchiseeID": "not-a-guid"}, "FranchiseeID"),
+        ({"amount": 5, "FranchiseeID": 12345}, "FranchiseeID"),
+        ({"amount": 5}, "FranchiseeID"),
+        ({"amount": "5.00", "FranchiseeID": "STORE"}, "amount"),
+        ({"amount": None, "FranchiseeID": "STORE"}, "amount"),
+    ],
+)
+def test_malformed_loads_are_400_naming_the_field(srv, pos, path, payload, field):
+    token = pos.token(pos.fresh_card())
+    payload = {k: (srv.stores[0].id if v == "STORE" else v) for k, v in payload.items()}
+    response = pos.send("POST", path, {"cardtoken": token, **payload})
+    assert response.status_code == 400, response.text
+    assert field.lower() in {name.lower() for name in response.json()["errors"]}
+
+
+@pytest.mark.parametrize(
+    "refs",
+    [{}, {"cardtoken": "", "encrypted": None}, {"cardtoken": "TOKEN", "encrypted": "abc"}],
+    ids=["neither", "both empty", "both"],
+)
+def test_a_card_is_named_exactly_once(pos, refs):
+    _, token = pos.sold_card("1")
+    refs = {k: (token if v == "TOKEN" else v) for k, v in refs.items()}
+    response = pos.send("POST", "/Transaction/balancecheck", refs)
+    assert response.status_code == 400
+    assert {"cardtoken", "encrypted"} & set(response.json()["errors"])
+
+
+def test_a_missing_body_is_a_400_but_batch_close_needs_none(srv, pos):
+    response = pos.http.post("/Transaction/balancecheck")
+    assert response.status_code == 400 and "body" in response.json()["errors"]
+    pos.sold_card("1", store_index=1)
+    assert body(pos.http.post(f"/Batch/batch/{srv.stores[1].id}"))["statuscode"] == "000000"
+
+
+@pytest.mark.parametrize("value,included", [("true", True), ("True", True), ("FALSE", False)])
+def test_includetransactions_takes_true_or_false_in_any_case(srv, pos, value, included):
+    response = pos.http.get(
+        f"/Batch/{srv.stores[0].id}", params={"includetransactions": value, "limit": 2}
+    )
+    assert response.status_code == 200
+    assert all(("transactions" in b) is included for b in body(response)["batches"])

@@ -20,7 +20,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
@@ -392,7 +391,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         body = {
             "status": "Healthy" if healthy else "Unhealthy",
             "version": _version(),
-            "time": datetime.now(UTC).astimezone(ledger.tz).isoformat(),
+            "time": ledger.clock().astimezone(ledger.tz).isoformat(),
         }
         return Response(dumps(body), status_code=200 if healthy else 503, media_type=JSON)
 
@@ -557,7 +556,10 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
             None, alias="to", pattern=DATE.pattern, description="YYYY-MM-DD, inclusive"
         ),
         limit: int = Query(100, ge=1, le=1000),
-        includetransactions: bool = Query(True),
+        # true or false in any letter case (as .NET sends "True"); not FastAPI's yes/1/on.
+        includetransactions: str = Query(
+            "true", pattern=r"^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"
+        ),
     ) -> Response:
         user = await authenticate(request)
         store_id = path_guid(storeid)
@@ -573,7 +575,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
                 since=since,
                 until=until,
                 limit=limit,
-                transactions=includetransactions,
+                transactions=includetransactions.lower() == "true",
             )
         )
         return json_response(text)

@@ -68,7 +68,9 @@ class CardRequest(BaseModel):
 class LoadRequest(CardRequest):
     amount: Money
     FranchiseeID: Guid
-    PosRef: str | None = Field(None, description="POS reference; not an idempotency key")
+    PosRef: str | None = Field(
+        None, max_length=100, description="POS reference; not an idempotency key"
+    )
 
 
 class RedeemRequest(LoadRequest):
