@@ -148,15 +148,19 @@ def _loose(schema: pl.Schema) -> dict[str, Any]:
 
 # -------------------------------------------------------------------- from JSON
 
+# polars reads JSON numbers as binary floats; each is then rounded to cents, which is exact
+# for any amount of at most 2 decimals below 10^13 (15+ significant digits), and checked.
+_JSON_NUMBER = pl.Float64
+_EXACT_LIMIT = 1e13
 _JSON_TRANSACTION = pl.Struct(
     {
         "hostRef": pl.String,
         "type": pl.String,
         "cardno": pl.String,
         "cardref": pl.String,
-        "amount": MONEY,
-        "previousbalance": MONEY,
-        "newbalance": MONEY,
+        "amount": _JSON_NUMBER,
+        "previousbalance": _JSON_NUMBER,
+        "newbalance": _JSON_NUMBER,
         "posref": pl.String,
         "datetime": pl.String,
         "username": pl.String,
@@ -169,10 +173,10 @@ _JSON_BATCH = pl.Struct(
         "opened": pl.String,
         "closed": pl.String,
         "transactioncount": pl.Int64,
-        "soldamount": MONEY,
-        "reloadedamount": MONEY,
-        "redeemedamount": MONEY,
-        "netamount": MONEY,
+        "soldamount": _JSON_NUMBER,
+        "reloadedamount": _JSON_NUMBER,
+        "redeemedamount": _JSON_NUMBER,
+        "netamount": _JSON_NUMBER,
         "transactions": pl.List(_JSON_TRANSACTION),
     }
 )
@@ -182,7 +186,12 @@ _JSON_ENVELOPE: dict[str, Any] = {
     "storename": pl.String,
     "batches": pl.List(_JSON_BATCH),
 }
-_CONTRACT_KEYS = set(_JSON_ENVELOPE) | {"description", "status"}
+_CONTRACT_KEYS = (
+    set(_JSON_ENVELOPE)
+    | {"description", "status"}
+    | {f.name for f in _JSON_BATCH.fields}
+    | {f.name for f in _JSON_TRANSACTION.fields}
+)
 _KEY = re.compile(r'"([A-Za-z]+)"\s*:')
 
 
@@ -194,7 +203,8 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
     """(batches, transactions) from ``GET /Batch`` answers, as the server sent them.
 
     Answers in the contract's field names are read by polars in one pass; any other
-    spelling (a production server's ``HostRef``) goes through the tolerant models.
+    spelling (a production server's ``HostRef``), or an amount that is not a whole number
+    of cents, goes through the tolerant, exact models instead.
     """
     texts = [envelopes] if isinstance(envelopes, bytes | str) else list(envelopes)
     raw = [t.encode() if isinstance(t, str) else t for t in texts]
@@ -254,14 +264,33 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
         )
     )
     collected = pl.collect_all([batch_frame, tx_frame])
+    money = [("sold", "reloaded", "redeemed", "net"), ("amount", "previous_balance", "new_balance")]
+    if not all(
+        _cents_exact(frame, columns) for frame, columns in zip(collected, money, strict=True)
+    ):
+        parsed = [b for r in raw for b in models.parse_batches(json.loads(r))]
+        return batches_frame(parsed), transactions_frame(parsed)
     return conform(collected[0], BATCH_SCHEMA), conform(collected[1], TRANSACTION_SCHEMA)
+
+
+def _cents_exact(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
+    """Whether every amount read as a float is a whole number of cents (else the exact,
+    slower reader takes over: nothing is ever rounded away silently)."""
+    if frame.is_empty():
+        return True
+    cents = [pl.col(c) * 100 for c in columns]
+    worst = frame.select(
+        pl.max_horizontal([(c - c.round(0)).abs().max() for c in cents]).alias("off"),
+        pl.max_horizontal([pl.col(c).abs().max() for c in columns]).alias("size"),
+    ).row(0)
+    return (worst[0] or 0) < 1e-6 and (worst[1] or 0) < _EXACT_LIMIT
 
 
 def _speaks_contract(raw: bytes) -> bool:
     """Whether an envelope uses the contract's own field names (checked on its first keys)."""
     head = raw[:400].decode("utf-8", "ignore")
     keys = set(_KEY.findall(head))
-    return bool(keys) and keys <= _CONTRACT_KEYS | {"batchid", "opened", "closed"}
+    return bool(keys) and keys <= _CONTRACT_KEYS
 
 
 # ------------------------------------------------------------------ fetching

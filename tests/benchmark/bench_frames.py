@@ -1,0 +1,395 @@
+"""Frames and analytics at scale, beside pandas doing the same work in the same run.
+
+    python tests/benchmark/bench_frames.py [--json-rows 1000000] [--analytics-rows 10000000]
+
+1. JSON as the server sends it (one ``GET /Batch`` answer per store) -> the batch and
+   transaction frames: ``frames.from_json`` against ``json.loads`` + ``pd.json_normalize``
+   (with the same types: UTC datetimes, categorical type; pandas holds money as float64,
+   having no decimal type).
+2. The whole analytics suite (daily summary, liability, redemption curve, breakage,
+   anomalies, reconciliation) over a Parquet file of transactions: ``analytics`` against
+   the same computations in pandas.
+
+Each measurement runs in its own fresh process, so its peak RSS is its own. The data is
+synthetic (``synthetic_transactions``: stores, cards, days, seed), made once per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+HERE = Path(__file__).resolve()
+START = datetime(2025, 10, 1, tzinfo=UTC)
+AMOUNTS = np.array([1000, 1500, 2000, 2500, 5000, 7500, 10000, 3550])  # cents
+
+
+# ------------------------------------------------------------------ the data
+
+
+def synthetic_transactions(
+    rows: int, stores: int = 10, days: int = 365, seed: int = 0
+) -> pl.DataFrame:
+    """``rows`` transactions of ``frames.TRANSACTION_SCHEMA`` over ``days`` from START.
+
+    About ten transactions a card; each card's first is its sale at its home store, then
+    reloads (15%) and redemptions, mostly at home; balances follow the amounts.
+    """
+    from giftcard_toolkit import frames
+
+    rng = np.random.default_rng(seed)
+    cards = max(1, rows // 10)
+    card = rng.integers(0, cards, rows)
+    seconds = rng.integers(0, days * 86400, rows)
+    order = np.lexsort((seconds, card))
+    card, seconds = card[order], seconds[order]
+    first = np.r_[True, card[1:] != card[:-1]]
+    kind = np.where(first, 0, np.where(rng.random(rows) < 0.15, 1, 2))
+    # A card's later transactions come after its sale.
+    sale_second = np.maximum.accumulate(np.where(first, seconds, 0))
+    seconds = np.where(first, seconds, np.maximum(seconds, sale_second + 60))
+    cents = np.where(kind == 2, rng.integers(100, 6000, rows), rng.choice(AMOUNTS, rows))
+    home = card % stores
+    store = np.where(rng.random(rows) < 0.9, home, rng.integers(0, stores, rows))
+    frame = pl.DataFrame(
+        {"card": card, "seconds": seconds, "kind": kind, "cents": cents, "store": store}
+    )
+    signed = pl.when(pl.col("kind") == 2).then(-pl.col("cents")).otherwise(pl.col("cents"))
+    money = [
+        ("amount", pl.col("cents")),
+        ("new_balance", pl.col("new")),
+        ("previous_balance", pl.col("new") - signed),
+    ]
+    store_id = pl.format(
+        "{}-0000-4000-8000-000000000000", pl.col("store").cast(pl.String).str.zfill(8)
+    )
+    out = (
+        frame.with_columns(signed.cum_sum().over("card").alias("new"))
+        .sort("seconds")
+        .with_row_index("row")
+        .select(
+            store_id.alias("store_id"),
+            pl.format("Store {}", pl.col("store")).alias("store_name"),
+            pl.format("{}-{}", pl.col("store"), pl.col("seconds") // 86400).alias("batch_id"),
+            pl.col("row").cast(pl.String).alias("host_ref"),
+            pl.col("kind")
+            .replace_strict([0, 1, 2], ["sale", "reload", "redeem"], return_dtype=pl.String)
+            .alias("type"),
+            (pl.col("card") % 10000).cast(pl.String).str.zfill(4).alias("card_last4"),
+            pl.col("card").hash(seed).cast(pl.String).str.slice(0, 16).alias("card_ref"),
+            *[(expr.cast(pl.Int64) / 100).cast(frames.MONEY).alias(name) for name, expr in money],
+            pl.lit("POS").alias("pos_ref"),
+            (pl.lit(START) + pl.duration(seconds=pl.col("seconds"))).alias("at"),
+            pl.lit("demo").alias("username"),
+        )
+    )
+    return frames.conform(out, frames.TRANSACTION_SCHEMA)
+
+
+def batches_of(txs: pl.DataFrame) -> pl.DataFrame:
+    """The batches that hold ``txs`` (one per store and day), with true totals."""
+    from giftcard_toolkit import frames
+
+    def total(kind: str) -> pl.Expr:
+        return pl.col("amount").filter(pl.col("type") == kind).sum().fill_null(0)
+
+    signed = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
+    out = txs.group_by("store_id", "store_name", "batch_id").agg(
+        pl.lit("closed").alias("status"),
+        pl.col("at").min().alias("opened_at"),
+        pl.col("at").max().alias("closed_at"),
+        pl.len().cast(pl.Int64).alias("transaction_count"),
+        total("sale").alias("sold"),
+        total("reload").alias("reloaded"),
+        total("redeem").alias("redeemed"),
+        signed.sum().alias("net"),
+    )
+    return frames.conform(out, frames.BATCH_SCHEMA)
+
+
+def server_json(txs: pl.DataFrame) -> list[bytes]:
+    """One ``GET /Batch`` answer per store, in the server's own field names and format."""
+    text = pl.col
+    tx_json = pl.format(
+        '{{"hostRef":"{}","type":"{}","cardno":"************{}","cardref":"{}","amount":{},'
+        '"previousbalance":{},"newbalance":{},"posref":"{}","datetime":"{}","username":"{}"}}',
+        text("host_ref"),
+        text("type"),
+        text("card_last4"),
+        text("card_ref"),
+        text("amount").cast(pl.String),
+        text("previous_balance").cast(pl.String),
+        text("new_balance").cast(pl.String),
+        text("pos_ref"),
+        text("at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"),
+        text("username"),
+    )
+    batches = batches_of(txs)
+    per_batch = (
+        txs.sort("at")
+        .with_columns(tx_json.alias("json"))
+        .group_by("store_id", "batch_id")
+        .agg(pl.col("json").str.join(","))
+        .join(batches, on=["store_id", "batch_id"])
+        .sort("store_id", "opened_at", descending=[False, True])
+        .select(
+            "store_id",
+            "store_name",
+            pl.format(
+                '{{"batchid":"{}","status":"closed","opened":"{}","closed":"{}",'
+                '"transactioncount":{},"soldamount":{},"reloadedamount":{},"redeemedamount":{},'
+                '"netamount":{},"transactions":[{}]}}',
+                "batch_id",
+                text("opened_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"),
+                text("closed_at").dt.strftime("%Y-%m-%dT%H:%M:%S%.6f+00:00"),
+                "transaction_count",
+                *[text(c).cast(pl.String) for c in ("sold", "reloaded", "redeemed", "net")],
+                "json",
+            ).alias("json"),
+        )
+    )
+    envelopes = per_batch.group_by("store_id", "store_name", maintain_order=True).agg(
+        pl.col("json").str.join(",")
+    )
+    return [
+        (
+            '{"statuscode":"000000","description":"Success",'
+            f'"franchiseeid":"{store_id}","storename":"{store_name}","batches":[{batches}]}}'
+        ).encode()
+        for store_id, store_name, batches in envelopes.iter_rows()
+    ]
+
+
+# ---------------------------------------------------------------- the work
+
+
+def polars_json(envelopes: list[bytes]) -> int:
+    from giftcard_toolkit import frames
+
+    _, txs = frames.from_json(envelopes)
+    return txs.height
+
+
+def pandas_json(envelopes: list[bytes]) -> int:
+    import pandas as pd
+
+    tx_parts, batch_parts = [], []
+    for raw in envelopes:
+        envelope = json.loads(raw)
+        meta = ["franchiseeid", "storename"]
+        tx_parts.append(
+            pd.json_normalize(
+                envelope,
+                record_path=["batches", "transactions"],
+                meta=[*meta, ["batches", "batchid"]],
+            )
+        )
+        batch_parts.append(
+            pd.json_normalize(envelope, record_path=["batches"], meta=meta).drop(
+                columns=["transactions"]
+            )
+        )
+    txs = pd.concat(tx_parts, ignore_index=True)
+    txs["datetime"] = pd.to_datetime(txs["datetime"], utc=True, format="ISO8601")
+    txs["type"] = txs["type"].astype("category")
+    txs["card_last4"] = txs.pop("cardno").str[-4:]
+    batches = pd.concat(batch_parts, ignore_index=True)
+    for column in ("opened", "closed"):
+        batches[column] = pd.to_datetime(batches[column], utc=True, format="ISO8601")
+    return len(txs)
+
+
+def polars_analytics(txs_path: str, batches_path: str) -> int:
+    from giftcard_toolkit import analytics
+
+    txs = pl.read_parquet(txs_path)
+    batches = pl.read_parquet(batches_path)
+    as_of = txs["at"].max()
+    analytics.daily_summary(txs)
+    analytics.liability(txs)
+    analytics.redemption_curve(txs)
+    analytics.breakage(txs, as_of)
+    analytics.anomalies(txs)
+    analytics.reconcile(batches, txs)
+    return txs.height
+
+
+def pandas_analytics(txs_path: str, batches_path: str) -> int:
+    """The same six analyses in pandas, with the same rules as ``analytics``."""
+    import pandas as pd
+
+    tx = pd.read_parquet(txs_path)
+    batches = pd.read_parquet(batches_path)
+    for column in ("amount", "previous_balance", "new_balance"):
+        tx[column] = tx[column].astype("float64")
+    tx["signed"] = np.where(tx["type"] == "redeem", -tx["amount"], tx["amount"])
+    tx["day"] = tx["at"].dt.floor("D")
+    tx["card"] = tx["card_ref"].fillna(tx["card_last4"])
+    # daily summary
+    daily = tx.groupby(["store_id", "store_name", "day", "type"], observed=True)["amount"]
+    daily.agg(["count", "sum"]).unstack("type", fill_value=0)
+    tx.groupby(["store_id", "store_name", "day"])["signed"].sum()
+    # liability per home store and total
+    tx = tx.sort_values(["at", "host_ref"])
+    first = tx.groupby("card").agg(
+        home=("store_id", "first"), opening=("previous_balance", "first")
+    )
+    tx = tx.join(first["home"], on="card")
+    change = (
+        (tx["new_balance"] - tx["previous_balance"])
+        .groupby([tx["home"], tx["day"]])
+        .sum()
+        .unstack(fill_value=0)
+    )
+    per_store = change.cumsum(axis=1).add(first.groupby("home")["opening"].sum(), axis=0)
+    per_store.sum(axis=0)
+    # redemption curve
+    activated = tx[tx["type"] == "sale"].groupby("card")["at"].min().rename("activated")
+    cohort = tx.join(activated, on="card", how="inner")
+    age = (cohort["at"] - cohort["activated"]).dt.total_seconds() / 86400
+    cohort = cohort[age <= 84].assign(
+        days=(np.ceil(age[age <= 84] / 7) * 7).astype("int64"),
+        week=lambda f: f["activated"].dt.tz_localize(None).dt.to_period("W"),
+        redeem=lambda f: f["type"] == "redeem",
+    )
+    curve = cohort.groupby(["week", "days", "redeem"])["amount"].sum().unstack(fill_value=0)
+    curve = curve.groupby(level="week").cumsum()
+    (curve.get(True, 0) / curve.get(False, 1)).dropna()
+    # breakage
+    last = tx.groupby("card").agg(balance=("new_balance", "last"), last_used=("at", "last"))
+    last = last[last["balance"] > 0]
+    idle = (tx["at"].max() - last["last_used"]).dt.days
+    bucket = pd.cut(idle, [-1, 30, 90, 180, 365, np.inf])
+    last.groupby(bucket, observed=False)["balance"].agg(["count", "sum"])
+    last[idle >= 365]["balance"].sum()
+    # anomalies
+    sales = tx.loc[tx["type"] == "sale", ["card", "store_id", "at"]]
+    redeems = tx[tx["type"] == "redeem"]
+    joined = redeems.merge(sales, on="card", suffixes=("", "_sale"))
+    soon = joined["at"] - joined["at_sale"]
+    joined[
+        (joined["store_id"] != joined["store_id_sale"])
+        & (soon >= pd.Timedelta(0))
+        & (soon <= pd.Timedelta(minutes=60))
+    ]
+    rolling = (
+        redeems.sort_values(["card", "at"])
+        .set_index("at")
+        .groupby("card")["amount"]
+        .rolling("1h")
+        .count()
+    )
+    rolling[rolling > 4]
+    by_card = tx.sort_values(["card", "at", "host_ref"])
+    following = by_card.groupby("card")[["type", "at", "amount"]].shift(-1)
+    starts = (
+        (by_card["type"] == "reload")
+        & (following["type"] == "redeem")
+        & (following["at"] - by_card["at"] <= pd.Timedelta(hours=24))
+        & (following["amount"] >= by_card["amount"] * 0.9)
+    )
+    cycles = starts.groupby(by_card["card"]).transform("sum")
+    by_card[(starts | starts.groupby(by_card["card"]).shift(1, fill_value=False)) & (cycles >= 2)]
+    # reconciliation
+    computed = tx.groupby(["store_id", "batch_id"]).agg(
+        count=("host_ref", "size"), net=("signed", "sum")
+    )
+    merged = batches.merge(computed, on=["store_id", "batch_id"], how="left")
+    (merged["transaction_count"] == merged["count"]).all()
+    return len(tx)
+
+
+WORK = {
+    "polars-json": polars_json,
+    "pandas-json": pandas_json,
+    "polars-analytics": polars_analytics,
+    "pandas-analytics": pandas_analytics,
+}
+
+
+def measure(work: str, paths: list[str]) -> dict[str, float]:
+    """Run one piece of work in this (fresh) process: seconds, rows, peak RSS."""
+    if work.endswith("-json"):
+        envelopes = Path(paths[0]).read_bytes().split(b"\n")
+        started = time.perf_counter()
+        rows = WORK[work](envelopes)
+    else:
+        started = time.perf_counter()
+        rows = WORK[work](*paths)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "rows": rows, "peak_mb": peak_mb}
+
+
+def run(work: str, paths: list[str]) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--measure", work, *paths],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json-rows", type=int, default=1_000_000)
+    parser.add_argument("--analytics-rows", type=int, default=10_000_000)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args, paths = parser.parse_known_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, paths)))
+        return
+    with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
+        tmp = Path(name)
+        started = time.perf_counter()
+        small = synthetic_transactions(args.json_rows)
+        (tmp / "batches.ndjson").write_bytes(b"\n".join(server_json(small)))
+        big = synthetic_transactions(args.analytics_rows, seed=1)
+        big.write_parquet(tmp / "txs.parquet")
+        batches_of(big).write_parquet(tmp / "batches.parquet")
+        del small, big
+        print(
+            f"data made in {time.perf_counter() - started:.0f} s "
+            f"({(tmp / 'batches.ndjson').stat().st_size / 1e6:.0f} MB of JSON)"
+        )
+        json_args = [str(tmp / "batches.ndjson")]
+        table = [
+            (
+                "JSON -> frames",
+                args.json_rows,
+                run("polars-json", json_args),
+                run("pandas-json", json_args),
+            ),
+            (
+                "analytics suite",
+                args.analytics_rows,
+                run("polars-analytics", [str(tmp / "txs.parquet"), str(tmp / "batches.parquet")]),
+                run("pandas-analytics", [str(tmp / "txs.parquet"), str(tmp / "batches.parquet")]),
+            ),
+        ]
+    for label, rows, ours, theirs in table:
+        print(f"\n{label}: {rows:,} transactions")
+        for who, result in (("giftcard_toolkit (polars)", ours), ("pandas", theirs)):
+            print(
+                f"  {who:26} {result['seconds']:8.2f} s  {rows / result['seconds']:12,.0f} "
+                f"rows/s  peak RSS {result['peak_mb']:7,.0f} MB"
+            )
+        print(f"  speed-up over pandas: {theirs['seconds'] / ours['seconds']:.1f}x")
+    print(
+        "\naims: JSON >= 1M rows/s and >= 5x pandas; analytics <= 10 s, >= 5x pandas, <= 3 GB peak"
+    )
+
+
+if __name__ == "__main__":
+    main()
