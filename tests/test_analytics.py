@@ -269,3 +269,14 @@ def test_demo_breakage_sums_to_the_liability(demo):
     table = analytics.breakage(txs, as_of=date(2026, 9, 30), dormant_days=60)
     assert table["balance"].sum() == balances
     assert 0 < table["breakage"].sum() < balances
+
+
+def test_demo_redemption_curve_is_cumulative_and_bounded(demo):
+    _, txs, _ = demo
+    curve = analytics.redemption_curve(txs)
+    assert curve["share"].drop_nulls().is_between(0, 1).all(), "no card spends more than it got"
+    for _, cohort in curve.group_by("activation_week"):
+        ordered = cohort.sort("days")
+        assert ordered["loaded"].is_sorted() and ordered["redeemed"].is_sorted()
+    weeks = curve["activation_week"].n_unique()
+    assert weeks >= 13, "90 days of sales make at least 13 weekly cohorts"
