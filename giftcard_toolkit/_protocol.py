@@ -51,7 +51,7 @@ class Settings:
 class Call(Generic[T]):
     request: httpx.Request
     parse: Callable[[httpx.Response], T]
-    retryable: bool
+    retryable: bool  # a read, or carries an Idempotency-Key
     card: str | None = None  # masked, for messages and logs
 
     @property
@@ -105,14 +105,28 @@ def _request(
         headers["Content-Type"] = "application/json"
         content = simplejson.dumps(body, use_decimal=True).encode()
     if key is not None:
-        headers["Idempotency-Key"] = key
+        headers["Idempotency-Key"] = idempotency_key(key)
     return httpx.Request(
         method, settings.base_url + path, headers=headers, content=content, params=params
     )
 
 
+def idempotency_key(key: str) -> str:
+    """``key`` if the contract allows it: 1 to 64 printable ASCII characters."""
+    if not isinstance(key, str) or not 1 <= len(key) <= 64 or not all(" " <= c <= "~" for c in key):
+        raise errors.InvalidInput(
+            "idempotency_key must be 1 to 64 printable ASCII characters, e.g. a UUID"
+        )
+    return key
+
+
 def new_idempotency_key() -> str:
     return str(uuid.uuid4())
+
+
+def key_or_new(key: str | None) -> str:
+    """The caller's Idempotency-Key, checked, or a new one: money never moves without one."""
+    return new_idempotency_key() if key is None else idempotency_key(key)
 
 
 def health(settings: Settings) -> Call[models.Health]:
@@ -129,12 +143,13 @@ def verify(settings: Settings) -> Call[models.Verification]:
 
 
 def tokenize(settings: Settings, number: str, security_code: str) -> Call[models.Token]:
-    # Retried like a read: it moves no money, and a repeat only makes another token.
+    # Neither a read nor keyed (a repeated wrong code counts twice towards the card's
+    # lockout), so it is sent again only when it never reached the server.
     body = {"cardnumber": number, "securitycode": security_code}
     return Call(
         _request(settings, "POST", "/v1/Token", body),
         _parser(models.Token.parse),
-        retryable=True,
+        retryable=False,
         card=mask(number),
     )
 
@@ -279,13 +294,17 @@ def parse_health(response: httpx.Response) -> models.Health:
     if not text.startswith("{"):
         healthy = response.status_code == 200 and text.strip('"').lower() == "healthy"
         return models.Health(healthy, text.strip('"') or str(response.status_code))
-    f = models.Fields(json.loads(text))
+    body = read_json(response)
+    if not isinstance(body, dict):
+        raise errors.ProtocolError("the /Health answer is not a JSON object")
+    f = models.Fields(body)
     status = str(f.get("status", ""))
     return models.Health(
         response.status_code == 200 and status.lower() == "healthy",
         status,
         f.get("version"),
         f.time("time"),
+        f.extra(),
     )
 
 
@@ -367,9 +386,12 @@ def retry_delay(
     """How long to wait before sending ``call`` again, or None to stop.
 
     Only reads and requests carrying an Idempotency-Key are retried, only after connect
-    errors, timeouts or 502/503/504, and at most ``attempts`` times in all.
+    errors, timeouts or 502/503/504, and at most ``attempts`` times in all. Any other call
+    is sent again only after it failed to connect, when it provably never left.
     """
-    if not call.retryable or attempt + 1 >= attempts:
+    if attempt + 1 >= attempts:
+        return None
+    if not call.retryable and not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return None
     if response is not None and response.status_code not in RETRY_STATUSES:
         return None

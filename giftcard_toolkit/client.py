@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
+import secrets
 import time
 from collections.abc import Callable, Generator
 from datetime import UTC, date, datetime, timedelta
@@ -89,7 +91,10 @@ class _Core:
             raise errors.ConfigurationError("retries counts attempts: at least 1")
         self.attempts = retries
         self.backoff = backoff
-        # Tokens by a digest of the card number: the cache never holds a number itself.
+        # Tokens by a keyed digest of number and security code (the key is random per
+        # client): the cache never holds a number or code, and a token obtained with the
+        # right code is never handed out for a Card carrying a wrong one.
+        self._cache_secret = secrets.token_bytes(32)
         self._tokens: dict[str, models.Token] = {}
 
     @property
@@ -112,7 +117,7 @@ class _Core:
                 "card must be a Card(number, security_code), a demo card or a token string"
             )
         if card.security_code:
-            key = hashlib.sha256(card.number.encode()).hexdigest()
+            key = self._token_key(card)
             cached = self._tokens.get(key)
             fresh = cached and cached.expires_at - RENEW_BEFORE > datetime.now(UTC)
             if cached and fresh and not renew:
@@ -128,6 +133,10 @@ class _Core:
             f"card {card.masked} has no security code and no card key is configured: give "
             "Card(number, security_code) or set GIFTCARD_CARD_KEY"
         )
+
+    def _token_key(self, card: Card) -> str:
+        material = f"{card.number}:{card.security_code}".encode()
+        return hmac.new(self._cache_secret, material, hashlib.sha256).hexdigest()
 
     def _with_card(
         self, card: CardLike, build: Callable[[dict[str, str], str, bool], Call[T]]
@@ -169,7 +178,7 @@ class _Core:
         token: models.Token = yield _protocol.tokenize(
             self._settings, card.number, card.security_code
         )
-        self._tokens[hashlib.sha256(card.number.encode()).hexdigest()] = token
+        self._tokens[self._token_key(card)] = token
         return token
 
     def _balance_flow(self, card: CardLike) -> Flow[models.Balance]:
@@ -190,7 +199,7 @@ class _Core:
         sale: bool,
     ) -> Flow[models.Load]:
         value, store_id = _protocol.money(amount), _protocol.store_id(store)
-        key = key or _protocol.new_idempotency_key()
+        key = _protocol.key_or_new(key)
         return (
             yield from self._with_card(
                 card,
@@ -217,7 +226,7 @@ class _Core:
         key: str | None,
     ) -> Flow[models.Redemption]:
         value, store_id = _protocol.money(amount), _protocol.store_id(store)
-        key = key or _protocol.new_idempotency_key()
+        key = _protocol.key_or_new(key)
         return (
             yield from self._with_card(
                 card,
@@ -237,7 +246,7 @@ class _Core:
     def _status_flow(
         self, card: CardLike, active: bool, reason: str, key: str | None
     ) -> Flow[models.StatusChange]:
-        key = key or _protocol.new_idempotency_key()
+        key = _protocol.key_or_new(key)
         return (
             yield from self._with_card(
                 card,
@@ -285,7 +294,7 @@ class _Core:
                 _protocol.store_id(store),
                 expected_count=expected_count,
                 expected_amount=amount,
-                key=key or _protocol.new_idempotency_key(),
+                key=_protocol.key_or_new(key),
             )
         )
 

@@ -73,6 +73,7 @@ class Health:
     status: str
     version: str | None = None
     time: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Store:
     id: str
     name: str = ""
     address: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Store:
@@ -88,6 +90,7 @@ class Store:
             str(f.require("franchiseeid")).lower(),
             str(f.get("storename", "")),
             str(f.get("storeaddress", "")),
+            f.extra(),
         )
 
 

@@ -165,6 +165,35 @@ def test_a_rejected_request_is_not_retried(server):
     assert flaky.count == 1
 
 
+class RefuseFirst(httpx.HTTPTransport):
+    """The first connection attempt fails: nothing reached the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refused = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.refused:
+            self.refused = True
+            raise httpx.ConnectError("connection refused", request=request)
+        return super().handle_request(request)
+
+
+def test_tokenize_is_resent_only_when_it_never_reached_the_server(server):
+    card = _unsold(server)
+    lossy = Faulty(lose=1, path="/v1/Token")
+    with GiftCardClient(
+        server.url, server.username, server.password, transport=lossy, backoff=0.01
+    ) as gc:
+        with pytest.raises(errors.Timeout):
+            gc.tokenize(card)
+        assert sum(r.url.path == "/v1/Token" for r in lossy.sent) == 1, "not retried once sent"
+    with GiftCardClient(
+        server.url, server.username, server.password, transport=RefuseFirst(), backoff=0.01
+    ) as gc:
+        assert gc.tokenize(card).token
+
+
 class Counting(httpx.HTTPTransport):
     def __init__(self) -> None:
         super().__init__()
@@ -217,6 +246,20 @@ PASCAL_BALANCE = {
     "LastUsed": None,
     "Expire": "2029-09-04T02:23:34.0541675-04:00",
     "LoyaltyTier": "gold",
+}
+PASCAL_VERIFY = {
+    "StatusCode": "000000",
+    "Description": "Success",
+    "UserName": "pos-7",
+    "Stores": [
+        {
+            "FranchiseeID": "3F2A6C1E-8B1D-4C7A-9E2F-0A1B2C3D4E5F",
+            "StoreName": "Main",
+            "StoreAddress": "1 Main St",
+            "Region": "west",
+        }
+    ],
+    "Roles": ["pos"],
 }
 PASCAL_REDEEM = {
     "StatusCode": "000001",
@@ -271,6 +314,8 @@ def _production_like(request: httpx.Request) -> httpx.Response:
     path = request.url.path
     if path == "/Health":
         return httpx.Response(200, text="Healthy")
+    if path == "/Auth/verify":
+        return httpx.Response(200, json=PASCAL_VERIFY)
     if path == "/Transaction/balancecheck":
         return httpx.Response(200, json=PASCAL_BALANCE)
     if path == "/Transaction/radeem":
@@ -285,6 +330,11 @@ def test_production_dialect_parses():
         "https://giftcard.example", "u", "p", transport=httpx.MockTransport(_production_like)
     ) as gc:
         assert gc.health().healthy
+        verified = gc.verify()
+        assert verified.username == "pos-7" and verified.extra == {"Roles": ["pos"]}
+        (store,) = verified.stores
+        assert store.id == "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f" and store.name == "Main"
+        assert store.extra == {"Region": "west"}
         balance = gc.balance("1111222233334444")
         assert balance.balance == Decimal("25.00") and balance.card_last4 == "4759"
         assert balance.activated_at.utcoffset() == timedelta(hours=-4)
@@ -302,31 +352,104 @@ def test_production_dialect_parses():
         assert tx.at.tzinfo is not None
 
 
-def test_unreadable_answers_raise_protocol_errors():
-    def garbage(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, text="<html>proxy error</html>")
+class Answering(httpx.BaseTransport):
+    """Answers ``path`` with canned responses (a proxy or a failing server in between);
+    everything else goes to the real server."""
 
+    def __init__(self, path: str, *answers: httpx.Response) -> None:
+        self.path, self.answers = path, list(answers)
+        self.real = httpx.HTTPTransport()
+        self.count = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == self.path and self.answers:
+            self.count += 1
+            return self.answers.pop(0)
+        return self.real.handle_request(request)
+
+
+@pytest.mark.parametrize(
+    "answer,error,match",
+    [
+        (httpx.Response(200, text="<html>proxy error</html>"), errors.ProtocolError, "not JSON"),
+        (
+            httpx.Response(200, json={"statuscode": "999999", "description": "System error"}),
+            errors.ServerError,
+            "system error",
+        ),
+        (
+            httpx.Response(409, json={"title": "A request with this key is in flight"}),
+            errors.IdempotencyConflict,
+            "409",
+        ),
+        (
+            httpx.Response(200, json={"statuscode": "100099", "description": "New decline"}),
+            errors.Declined,
+            "100099",
+        ),
+    ],
+)
+def test_answers_outside_the_happy_path_raise_their_errors(server, answer, error, match):
+    card = _unsold(server)
+    answering = Answering("/Transaction/sellnewcard", answer)
     with (
-        GiftCardClient("https://x.example", "u", "p", transport=httpx.MockTransport(garbage)) as gc,
-        pytest.raises(errors.ProtocolError, match="not JSON"),
+        GiftCardClient(
+            server.url, server.username, server.password, transport=answering, backoff=0.01
+        ) as gc,
+        pytest.raises(error, match=match) as raised,
     ):
-        gc.verify()
+        gc.sell(card, 5, card.store_id)
+    assert answering.count == 1, "not retried"
+    assert card.number not in str(raised.value)
 
 
-def test_requests_carry_exact_money_and_keys():
-    seen: list[httpx.Request] = []
+def test_a_reused_key_with_another_body_is_a_mismatch(server):
+    card = _unsold(server)
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        gc.sell(card, 20, card.store_id, idempotency_key="till-7-sale-1")
+        replay = gc.sell(card, 20, card.store_id, idempotency_key="till-7-sale-1")
+        assert replay.balance == 20, "the same request replays, not applied twice"
+        with pytest.raises(errors.IdempotencyMismatch, match="422"):
+            gc.sell(card, 21, card.store_id, idempotency_key="till-7-sale-1")
+        assert gc.balance(card).balance == 20
 
-    def record(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={**PASCAL_REDEEM, "StatusCode": "000000"})
 
-    with GiftCardClient("https://x.example", "u", "p", transport=httpx.MockTransport(record)) as gc:
-        gc.redeem("1111222233334444", "0.10", "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f")
-    (request,) = seen
-    assert b'"amount": 0.10' in request.content
-    assert json.loads(request.content)["cardtoken"] == "1111222233334444"
-    assert request.headers["idempotency-key"]
-    assert request.headers["authorization"].startswith("Basic ")
+def test_a_cached_token_is_not_given_to_a_wrong_security_code(server):
+    card = _unsold(server)
+    wrong = Card(card.number, f"{(int(card.security_code) + 1) % 10000:04d}")
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        gc.sell(card, 5, card.store_id)
+        with pytest.raises(errors.WrongSecurityCode):
+            gc.balance(wrong)
+        assert gc.balance(card).balance == 5
+
+
+class Recording(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
+def test_requests_carry_exact_money_keys_and_tokens_only(server):
+    card = _unsold(server)
+    recording = Recording()
+    with GiftCardClient(server.url, server.username, server.password, transport=recording) as gc:
+        gc.sell(card, "0.10", card.store_id, pos_ref="lane 2")
+        gc.redeem(card, Decimal("0.05"), card.store_id)
+    token_call, sale, redeem = recording.sent
+    assert token_call.url.path == "/v1/Token"
+    assert b'"amount": 0.10' in sale.content and b'"amount": 0.05' in redeem.content
+    for request in (sale, redeem):
+        assert request.headers["idempotency-key"]
+        assert request.headers["authorization"].startswith("Basic ")
+        assert json.loads(request.content)["cardtoken"]
+        assert card.number.encode() not in request.content, "the number travels only once"
+        assert card.security_code.encode() not in request.content
+    assert sale.headers["idempotency-key"] != redeem.headers["idempotency-key"]
 
 
 def test_debug_log_names_calls_with_masked_cards(server, caplog):

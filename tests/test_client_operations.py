@@ -237,6 +237,8 @@ async def test_floats_and_bad_input_are_refused_before_sending(gc, stock):
         await do(gc.sell(card, "twelve", card.store_id))
     with pytest.raises(errors.InvalidInput, match="reason"):
         await do(gc.change_status(card, False, "  "))
+    with pytest.raises(errors.InvalidInput, match="idempotency_key"):
+        await do(gc.sell(card, 5, card.store_id, idempotency_key="x" * 65))
     assert (await do(gc.balance(card))).balance == 0, "nothing was sent"
 
 

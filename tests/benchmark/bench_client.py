@@ -1,8 +1,12 @@
 """Client overhead: AsyncGiftCardClient beside bare httpx.AsyncClient, same requests, same run.
 
     python tests/benchmark/bench_client.py [--checks 2000] [--concurrency 32] [--rounds 3]
+                                           [--in-process]
 
-The seeded server runs in its own process. Each round sends ``--checks`` balance checks
+The seeded server runs in its own process (``giftcard-toolkit serve --seed demo``), so that
+client and server do not share a GIL; ``--in-process`` uses ``server.running()`` instead
+(a uvicorn thread in this process: both clients are slowed by the server's share of the GIL,
+so the ratio is the figure to read). Each round sends ``--checks`` balance checks
 with ``--concurrency`` in flight, once through the toolkit (a ``Card``: tokenized once,
 parsed into ``Balance`` models with Decimal money) and once with bare httpx posting the
 same token and reading the JSON; the best round of each is reported, with the ratio.
@@ -20,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from giftcard_toolkit import AsyncGiftCardClient
+from giftcard_toolkit.server import running
 from giftcard_toolkit.server.seed import read_card_stock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -64,7 +69,16 @@ def main() -> None:
     parser.add_argument("--checks", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--in-process", action="store_true", help="serve with server.running() in this process"
+    )
     args = parser.parse_args()
+    if args.in_process:
+        with running() as srv:
+            card = next(c for c in srv.card_stock if c.sold)
+            toolkit, bare = measure(srv.url, card, args)
+        report(toolkit, bare, args, "server.running() in this process")
+        return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
         port = free_port()
@@ -92,22 +106,32 @@ def main() -> None:
         try:
             wait_healthy(f"{url}/Health", server)
             card = next(c for c in read_card_stock(stock) if c.sold)
-            token = httpx.post(
-                f"{url}/v1/Token",
-                auth=("demo", "demo-password"),
-                json={"cardnumber": card.number, "securitycode": card.security_code},
-            ).json()["token"]
-            toolkit, bare = [], []
-            for _ in range(args.rounds):
-                bare.append(asyncio.run(bare_round(url, token, args.checks, args.concurrency)))
-                toolkit.append(asyncio.run(toolkit_round(url, card, args.checks, args.concurrency)))
+            toolkit, bare = measure(url, card, args)
         finally:
             server.terminate()
             server.wait()
+    report(toolkit, bare, args, "giftcard-toolkit serve in its own process")
+
+
+def measure(url: str, card, args: argparse.Namespace) -> tuple[list[float], list[float]]:
+    """Alternate bare and toolkit rounds against ``url``; the rates of each round."""
+    token = httpx.post(
+        f"{url}/v1/Token",
+        auth=("demo", "demo-password"),
+        json={"cardnumber": card.number, "securitycode": card.security_code},
+    ).json()["token"]
+    toolkit, bare = [], []
+    for _ in range(args.rounds):
+        bare.append(asyncio.run(bare_round(url, token, args.checks, args.concurrency)))
+        toolkit.append(asyncio.run(toolkit_round(url, card, args.checks, args.concurrency)))
+    return toolkit, bare
+
+
+def report(toolkit: list[float], bare: list[float], args: argparse.Namespace, where: str) -> None:
     best_toolkit, best_bare = max(toolkit), max(bare)
     print(
         f"{args.checks} balance checks, concurrency {args.concurrency}, "
-        f"best of {args.rounds} rounds"
+        f"best of {args.rounds} rounds; server: {where}"
     )
     print(
         f"{'bare httpx.AsyncClient':26} {best_bare:8.0f} checks/s  "
