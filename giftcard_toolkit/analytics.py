@@ -21,7 +21,9 @@ from giftcard_toolkit.frames import MONEY
 Frame = pl.DataFrame | pl.LazyFrame
 ALL_STORES = "*"
 
-_CARD = pl.coalesce("card_ref", "card_last4").alias("card")
+# Cards as exact integer codes (the categorical's physical id): grouping and sorting
+# millions of rows by an integer is many times cheaper than by a string.
+_CARD = pl.coalesce("card_ref", "card_last4").cast(pl.Categorical).to_physical().alias("card")
 _SIGNED = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
 
 
@@ -58,16 +60,17 @@ def daily_summary(txs: Frame, tz: str = "UTC") -> pl.DataFrame:
     )
 
 
-def _with_home_store(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Each transaction with its card and the card's home store (where it was first seen:
-    for a card sold in the window, the store that sold it)."""
-    return (
-        lf.with_columns(_CARD)
-        .sort("at", "host_ref")
-        .with_columns(
-            pl.col("store_id").first().over("card").alias("home_store_id"),
-            pl.col("store_name").first().over("card").alias("home_store_name"),
-        )
+def _cards(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """Per card: its home store (where it was first seen: for a card sold in the window,
+    the store that sold it), what it held before that first transaction, and its last
+    balance and use. No sort of the whole frame: each is picked by ``arg_min``/``arg_max``."""
+    first, last = pl.col("at").arg_min(), pl.col("at").arg_max()
+    return lf.group_by("card").agg(
+        pl.col("store_id").get(first).alias("home_store_id"),
+        pl.col("store_name").get(first).alias("home_store_name"),
+        pl.col("previous_balance").get(first).alias("opening"),
+        pl.col("new_balance").get(last).alias("balance"),
+        pl.col("at").max().alias("last_used"),
     )
 
 
@@ -80,16 +83,14 @@ def liability(txs: Frame, every: str = "1d") -> pl.DataFrame:
     for the whole liability pass the whole history (``frames.fetch`` does by default).
     Columns: ``period`` (start of the period), ``store_id``, ``store_name``, ``liability``.
     """
-    lf = _with_home_store(_lazy(txs))
-    opening = (
-        lf.group_by("card")
-        .agg(pl.col("home_store_id").first(), pl.col("previous_balance").first())
-        .group_by("home_store_id")
-        .agg(_money_sum(pl.col("previous_balance")).alias("opening"))
-    )
+    lf = _lazy(txs).select("store_id", "store_name", "at", "previous_balance", "new_balance", _CARD)
+    cards = _cards(lf)
+    opening = cards.group_by("home_store_id").agg(_money_sum(pl.col("opening")))
     changes = (
-        lf.with_columns(pl.col("at").dt.truncate(every).alias("period"))
-        .group_by("home_store_id", "home_store_name", "period")
+        lf.join(cards.select("card", "home_store_id", "home_store_name"), on="card")
+        .group_by(
+            "home_store_id", "home_store_name", pl.col("at").dt.truncate(every).alias("period")
+        )
         .agg(_money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change"))
     )
     bounds = lf.select(pl.col("at").min().alias("first"), pl.col("at").max().alias("last"))
@@ -229,12 +230,7 @@ def breakage(txs: Frame, as_of: date | datetime, dormant_days: int = 365) -> pl.
         )
     order = pl.Enum([name for _, _, name in BREAKAGE_BUCKETS])
     cards = (
-        _lazy(txs)
-        .filter(pl.col("at") <= moment)
-        .with_columns(_CARD)
-        .sort("at", "host_ref")
-        .group_by("card")
-        .agg(pl.col("new_balance").last().alias("balance"), pl.col("at").last().alias("last_used"))
+        _cards(_lazy(txs).filter(pl.col("at") <= moment).with_columns(_CARD))
         .filter(pl.col("balance") > 0)
         .with_columns(idle_days.alias("idle_days"))
         .with_columns(bucket.cast(order).alias("idle"))
@@ -280,50 +276,66 @@ def anomalies(
 
     A transaction flagged for several reasons appears once per reason.
     """
-    lf = _lazy(txs).with_columns(_CARD).sort("card", "at", "host_ref")
+    full = _lazy(txs).with_row_index("row")
     columns = list(_lazy(txs).collect_schema().names())
-    sales = lf.filter(_of_type("sale")).select(
+    # Flags are found on a narrow frame ordered by card and time; the flagged rows are then
+    # looked up in the full one (so no sort ever moves the string columns).
+    narrow = full.select("row", _CARD, "type", "at", "amount", "store_id").sort("card", "at", "row")
+
+    def same_card(offset: int) -> pl.Expr:
+        return pl.col("card").shift(offset) == pl.col("card")
+
+    def flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
+        return frame.select("row", pl.lit(reason).alias("reason"))
+
+    sales = narrow.filter(_of_type("sale")).select(
         "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
     )
-    redeems = lf.filter(_of_type("redeem"))
-    cross_store = (
-        redeems.join(sales, on="card", how="inner")
-        .filter(
-            (pl.col("store_id") != pl.col("sale_store"))
-            & (pl.col("at") >= pl.col("sold_at"))
-            & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
+    redeems = narrow.filter(_of_type("redeem"))
+    cross_store = redeems.join(sales, on="card", how="inner").filter(
+        (pl.col("store_id") != pl.col("sale_store"))
+        & (pl.col("at") >= pl.col("sold_at"))
+        & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
+    )
+    # More than K redeems in (t - 1h, t] exactly when the K-th redeem before this one, on
+    # the same card, is less than an hour older.
+    k = max_redeems_per_hour
+    rapid = redeems.filter(
+        same_card(k) & (pl.col("at") - pl.col("at").shift(k) < pl.duration(hours=1))
+    )
+    followed = (
+        _of_type("reload")
+        & same_card(-1)
+        & (pl.col("type").shift(-1) == "redeem")
+        & (pl.col("at").shift(-1) - pl.col("at") <= pl.duration(hours=cycle_hours))
+        & (
+            pl.col("amount").shift(-1).cast(pl.Float64)
+            >= pl.col("amount").cast(pl.Float64) * cycle_ratio
         )
-        .select(*columns, pl.lit("redeemed at another store soon after sale").alias("reason"))
     )
-    in_hour = (
-        redeems.rolling("at", period="1h", group_by="card")
-        .agg(pl.col("host_ref").last().alias("host_ref"), pl.len().alias("in_hour"))
-        .filter(pl.col("in_hour") > max_redeems_per_hour)
-        .select("host_ref")
-    )
-    rapid = redeems.join(in_hour, on="host_ref", how="semi").select(
-        *columns, pl.lit("many redemptions in an hour").alias("reason")
-    )
-    nxt = {name: pl.col(name).shift(-1).over("card") for name in ("type", "at", "amount")}
-    paired = lf.with_columns(
-        (
-            _of_type("reload")
-            & (nxt["type"] == "redeem")
-            & (nxt["at"] - pl.col("at") <= pl.duration(hours=cycle_hours))
-            & (nxt["amount"].cast(pl.Float64) >= pl.col("amount").cast(pl.Float64) * cycle_ratio)
+    cycling = (
+        narrow.with_columns(followed.fill_null(False).alias("starts_cycle"))
+        .with_columns(
+            (pl.col("starts_cycle") | (pl.col("starts_cycle").shift(1) & same_card(1)))
+            .fill_null(False)
+            .alias("in_cycle"),
+            pl.col("starts_cycle").sum().over("card").alias("cycles"),
         )
-        .fill_null(False)
-        .alias("starts_cycle")
-    ).with_columns(
-        (
-            pl.col("starts_cycle") | pl.col("starts_cycle").shift(1).over("card").fill_null(False)
-        ).alias("in_cycle"),
-        pl.col("starts_cycle").sum().over("card").alias("cycles"),
+        .filter(pl.col("in_cycle") & (pl.col("cycles") >= min_cycles))
     )
-    cycling = paired.filter(pl.col("in_cycle") & (pl.col("cycles") >= min_cycles)).select(
-        *columns, pl.lit("reload-redeem cycling").alias("reason")
+    flags = pl.concat(
+        [
+            flag(cross_store, "redeemed at another store soon after sale"),
+            flag(rapid, "many redemptions in an hour"),
+            flag(cycling, "reload-redeem cycling"),
+        ]
     )
-    return pl.concat(pl.collect_all([cross_store, rapid, cycling])).sort("at", "host_ref", "reason")
+    return (
+        flags.join(full, on="row", how="inner")
+        .select(*columns, "reason")
+        .sort("at", "host_ref", "reason")
+        .collect()
+    )
 
 
 def reconcile(batches: Frame, txs: Frame) -> pl.DataFrame:
