@@ -195,8 +195,12 @@ _CONTRACT_KEYS = (
 _KEY = re.compile(r'"([A-Za-z]+)"\s*:')
 
 
-def _time(column: str) -> pl.Expr:
-    return pl.col(column).str.to_datetime(time_zone="UTC", time_unit="us")
+_ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"  # what servers send; parsed far faster when named
+
+
+def _time(column: str, named_format: bool = True) -> pl.Expr:
+    fmt = _ISO_FORMAT if named_format else None
+    return pl.col(column).str.to_datetime(fmt, time_zone="UTC", time_unit="us")
 
 
 def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -215,6 +219,21 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
         return batches_frame(parsed), transactions_frame(parsed)
     lines = b"\n".join(r.replace(b"\n", b" ") for r in raw)
     envelope = pl.read_ndjson(io.BytesIO(lines), schema=_JSON_ENVELOPE)
+    try:
+        collected = pl.collect_all(_json_frames(envelope, named_format=True))
+    except pl.exceptions.PolarsError:  # a time in another ISO 8601 layout: infer it
+        collected = pl.collect_all(_json_frames(envelope, named_format=False))
+    money = [("sold", "reloaded", "redeemed", "net"), ("amount", "previous_balance", "new_balance")]
+    if not all(
+        _cents_exact(frame, columns) for frame, columns in zip(collected, money, strict=True)
+    ):
+        parsed = [b for r in raw for b in models.parse_batches(json.loads(r))]
+        return batches_frame(parsed), transactions_frame(parsed)
+    return conform(collected[0], BATCH_SCHEMA), conform(collected[1], TRANSACTION_SCHEMA)
+
+
+def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFrame]:
+    """The batch and transaction frames (lazy) of envelopes read with ``_JSON_ENVELOPE``."""
     batches = (
         envelope.lazy()
         .filter(pl.col("statuscode") == "000000")
@@ -232,8 +251,8 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
         "store_name",
         pl.col("batchid").alias("batch_id"),
         pl.col("status").str.to_lowercase().cast(BATCH_STATUS),
-        _time("opened").alias("opened_at"),
-        _time("closed").alias("closed_at"),
+        _time("opened", named_format).alias("opened_at"),
+        _time("closed", named_format).alias("closed_at"),
         pl.col("transactioncount").alias("transaction_count"),
         pl.col("soldamount").alias("sold"),
         pl.col("reloadedamount").alias("reloaded"),
@@ -259,18 +278,11 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
             pl.col("previousbalance").alias("previous_balance"),
             pl.col("newbalance").alias("new_balance"),
             pl.col("posref").alias("pos_ref"),
-            _time("datetime").alias("at"),
+            _time("datetime", named_format).alias("at"),
             "username",
         )
     )
-    collected = pl.collect_all([batch_frame, tx_frame])
-    money = [("sold", "reloaded", "redeemed", "net"), ("amount", "previous_balance", "new_balance")]
-    if not all(
-        _cents_exact(frame, columns) for frame, columns in zip(collected, money, strict=True)
-    ):
-        parsed = [b for r in raw for b in models.parse_batches(json.loads(r))]
-        return batches_frame(parsed), transactions_frame(parsed)
-    return conform(collected[0], BATCH_SCHEMA), conform(collected[1], TRANSACTION_SCHEMA)
+    return [batch_frame, tx_frame]
 
 
 def _cents_exact(frame: pl.DataFrame, columns: Sequence[str]) -> bool:

@@ -135,3 +135,13 @@ def test_fetch_pages_past_a_thousand_batches(monkeypatch):
     assert batches.height == 90
     assert batches["batch_id"].n_unique() == 90
     assert txs["host_ref"].n_unique() == txs.height
+
+
+def test_times_in_other_iso_layouts_are_read_too(demo):
+    _, _, txs, raw = demo
+    zulu = raw[0].replace(b"+00:00", b"Z")
+    _, from_zulu = frames.from_json(zulu)
+    store = json.loads(raw[0])["franchiseeid"]
+    assert from_zulu.sort("host_ref").equals(
+        txs.filter(pl.col("store_id") == store).sort("host_ref")
+    )

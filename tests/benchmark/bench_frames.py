@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -327,7 +326,10 @@ def measure(work: str, paths: list[str]) -> dict[str, float]:
         started = time.perf_counter()
         rows = WORK[work](*paths)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the parent's size across fork and exec.
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    peak_mb = peak_kb / 1024
     return {"seconds": seconds, "rows": rows, "peak_mb": peak_mb}
 
 
