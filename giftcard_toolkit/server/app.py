@@ -138,7 +138,7 @@ class _Boundary:
         offered = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-correlation-id"), ""
         )
-        cid = offered if _CORRELATION_ID.match(offered) else f"{self._prefix}{next(self._seq):x}"
+        cid = offered if _CORRELATION_ID.match(offered) else f"{self._prefix}-{next(self._seq):x}"
         context = _RequestContext(cid)
         token = _context.set(context)
         started = time.perf_counter()
