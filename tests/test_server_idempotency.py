@@ -86,8 +86,10 @@ def test_a_key_in_flight_is_refused_with_409(srv, pos):
     store = srv.stores[0].id
     request = {"cardtoken": token, "amount": 5, "FranchiseeID": store}
     from giftcard_toolkit.server.fields import Fields
+    from giftcard_toolkit.server.ledger import CardRef
 
-    canonical = Fields(json.loads(json.dumps({**request, "amount": 5}))).canonical_json()
+    card = srv.ledger.card_identity("demo", CardRef(token=token))
+    canonical = Fields(json.loads(json.dumps({**request, "amount": 5}))).canonical_json(card)
     held = srv.ledger.reserve(Idempotency("demo", "POST /transaction/radeem", "busy-1", canonical))
     assert held.outcome == "new"
     response = pos.send(
@@ -235,3 +237,34 @@ def test_a_key_is_remembered_for_24_hours(clock):
         assert "idempotent-replayed" not in next_day.headers
         assert body(next_day)["newbalance"] == Decimal("48.00"), "applied as a new request"
         pos.close()
+
+
+def test_a_retry_after_re_tokenizing_is_the_same_request(srv, pos):
+    card, first_token = pos.sold_card("30")
+    store = srv.stores[0].id
+    key = {"Idempotency-Key": "resume-after-crash"}
+    first = pos.send(
+        "POST",
+        "/Transaction/radeem",
+        {"cardtoken": first_token, "amount": 5, "FranchiseeID": store},
+        headers=key,
+    )
+    second_token = pos.token(card)  # a new session tokenizes the card again
+    assert second_token != first_token
+    again = pos.send(
+        "POST",
+        "/Transaction/radeem",
+        {"cardtoken": second_token, "amount": 5, "FranchiseeID": store},
+        headers=key,
+    )
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.text == first.text
+    assert pos.balance(second_token) == 25
+    other_card, other_token = pos.sold_card("30")
+    different = pos.send(
+        "POST",
+        "/Transaction/radeem",
+        {"cardtoken": other_token, "amount": 5, "FranchiseeID": store},
+        headers=key,
+    )
+    assert different.status_code == 422, "the same key for another card is another request"

@@ -344,7 +344,8 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         if key is None:
             return json_response(await write(lambda: apply(None, None)))
         endpoint = f"{request.method} {request.url.path.lower()}"
-        idem = Idempotency(user.username, endpoint, key, fields.canonical_json())
+        card = ledger.card_identity(user.username, fields.card) if fields.card else None
+        idem = Idempotency(user.username, endpoint, key, fields.canonical_json(card))
         reservation = await write(lambda: ledger.reserve(idem))
         if reservation.outcome == "replay":
             return json_response(

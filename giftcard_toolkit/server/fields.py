@@ -81,10 +81,18 @@ class Fields:
             if v is not None and v != ""
         }
         self.errors: dict[str, list[str]] = {}
+        self.card: CardRef | None = None  # set by card_ref()
 
-    def canonical_json(self) -> str:
-        """The body as compared for idempotency: lower-case names, numbers by value."""
-        return simplejson.dumps(_canonical(self._data), sort_keys=True, use_decimal=True)
+    def canonical_json(self, card_identity: str | None = None) -> str:
+        """The body as compared for idempotency: lower-case names, numbers by value, and,
+        when the card could be resolved, the card itself in place of the token or
+        ciphertext that named it (a retry after re-tokenizing is the same request)."""
+        data = dict(self._data)
+        if card_identity is not None:
+            data.pop("cardtoken", None)
+            data.pop("encrypted", None)
+            data["card"] = card_identity
+        return simplejson.dumps(_canonical(data), sort_keys=True, use_decimal=True)
 
     def fail(self, name: str, message: str) -> None:
         self.errors.setdefault(name, []).append(message)
@@ -191,7 +199,8 @@ class Fields:
                 "cardtoken", "name the card: send cardtoken (from POST /v1/Token) or encrypted"
             )
             return None
-        return CardRef(token=token, encrypted=encrypted)
+        self.card = CardRef(token=token, encrypted=encrypted)
+        return self.card
 
 
 def query_date(value: str | None, name: str) -> date | None:

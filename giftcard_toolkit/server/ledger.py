@@ -696,6 +696,18 @@ class Ledger:
             raise Decline("100001")
         return row
 
+    def card_identity(self, username: str, ref: CardRef) -> str | None:
+        """The ``cardref`` of the card a request names, or None if it names none usable.
+
+        Idempotency compares requests by the card, not by the token or ciphertext that
+        named it: those change between attempts (tokens expire, AES-GCM nonces are fresh).
+        """
+        try:
+            card = self._resolve(self._conn(), username, ref, self._now())
+        except Decline:
+            return None
+        return str(card["cardref"])
+
     def _granted_store(
         self, conn: sqlite3.Connection, stores: frozenset[str], store_id: str
     ) -> sqlite3.Row:
