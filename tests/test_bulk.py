@@ -1,0 +1,184 @@
+"""Bulk fixes from CSV: all bad rows named before anything is sent; exactly once on resume."""
+
+from __future__ import annotations
+
+import csv
+from decimal import Decimal
+
+import httpx
+import polars as pl
+import pytest
+
+from giftcard_toolkit import GiftCardClient, audit, bulk
+from giftcard_toolkit.server import running
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running() as srv:
+        yield srv
+
+
+def _unsold(server, count: int, taken=set()):  # noqa: B006 - one pool for the module
+    cards = [c for c in server.card_stock if not c.sold and c.number not in taken][:count]
+    taken.update(c.number for c in cards)
+    return cards
+
+
+def _write(path, rows):
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(bulk.COLUMNS)
+        writer.writerows(rows)
+    return path
+
+
+def _ledger_rows(server) -> int:
+    with server.ledger.read() as conn:
+        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
+
+
+def test_every_bad_row_is_named_and_nothing_is_sent(server, tmp_path):
+    cards = _unsold(server, 10)  # nothing is sent, so a few cards can fill the file
+    store = server.stores[0].id
+    rows = []
+    bad_lines = set()
+    for i in range(1000):
+        line = i + 2
+        if i % 20 == 7:  # 5% bad rows, of several kinds
+            bad = [
+                ["refund", cards[0].number, cards[0].security_code, "5", store, "", ""],
+                ["sell", "1234", "1234", "5", store, "", ""],
+                ["reload", cards[0].number, cards[0].security_code, "1.234", store, "", ""],
+                ["redeem", cards[0].number, cards[0].security_code, "5", "store-1", "", ""],
+                ["block", cards[0].number, cards[0].security_code, "", "", "", ""],
+            ][(i // 20) % 5]
+            rows.append(bad)
+            bad_lines.add(line)
+        else:
+            card = cards[i % len(cards)]
+            rows.append(["sell", card.number, card.security_code, "10", store, "", "bulk"])
+    before = _ledger_rows(server)
+    with (
+        GiftCardClient(server.url, server.username, server.password) as gc,
+        pytest.raises(bulk.BulkFileError) as raised,
+    ):
+        bulk.run(gc, _write(tmp_path / "fixes.csv", rows), progress=False)
+    assert {line for line, _ in raised.value.problems} == bad_lines
+    assert len(raised.value.problems) == 50
+    message = str(raised.value)
+    assert "'refund' is not one of" in message and "must be 16 digits" in message
+    assert "at most 2 decimals" in message and "GUID" in message and "reason" in message
+    assert _ledger_rows(server) == before, "nothing was sent"
+    assert all(c.number not in message for c in cards)
+
+
+class CrashAfter(httpx.HTTPTransport):
+    """Lets ``money`` money-moving requests through, then crashes the run (like Ctrl-C)
+    right after the next one reached the server: its answer is never seen."""
+
+    def __init__(self, money: int) -> None:
+        super().__init__()
+        self.left = money
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path.startswith("/Transaction/") and "balance" not in request.url.path:
+            if self.left == 0:
+                response.read()
+                raise KeyboardInterrupt
+            self.left -= 1
+        return response
+
+
+def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, tmp_path):
+    cards = _unsold(server, 30)
+    store = server.stores[1].id
+    rows = [["sell", c.number, c.security_code, "20.00", store, "", "bulk"] for c in cards]
+    rows += [["redeem", c.number, c.security_code, "7.50", store, "", "bulk"] for c in cards]
+    path = _write(tmp_path / "fixes.csv", rows)
+    before = _ledger_rows(server)
+    with (
+        GiftCardClient(
+            server.url, server.username, server.password, transport=CrashAfter(12)
+        ) as gc,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        bulk.run(gc, path, concurrency=1, progress=False)
+    journal = tmp_path / "fixes.csv.journal"
+    assert len(journal.read_text().splitlines()) == 12
+    log = tmp_path / "audit.jsonl"
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        results = bulk.run(gc, path, concurrency=4, audit_log=log, progress=False)
+        # A third run finds everything done and sends nothing.
+        assert bulk.run(gc, path, progress=False).equals(results)
+        balances = {gc.balance(c).balance for c in cards}
+    assert results.height == 60 and results["line"].to_list() == list(range(2, 62))
+    assert set(results["status"]) == {"approved"}
+    assert balances == {Decimal("12.50")}, "each sale and each redeem applied exactly once"
+    assert _ledger_rows(server) == before + 60
+    assert results.schema == bulk.RESULT_SCHEMA
+    assert audit.read(log).height == 60 - 12, "the rows this run attempted"
+    assert not any(c.number in log.read_text() for c in cards)
+
+
+def test_dry_run_checks_cards_and_moves_nothing(server, tmp_path):
+    cards = _unsold(server, 3)
+    store = server.stores[0].id
+    path = _write(
+        tmp_path / "fixes.csv",
+        [
+            ["sell", cards[0].number, cards[0].security_code, "10", store, "", ""],
+            ["redeem", cards[1].number, cards[1].security_code, "10", store, "", ""],
+            ["block", cards[2].number, cards[2].security_code, "", "", "lost", ""],
+        ],
+    )
+    before = _ledger_rows(server)
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        checked = bulk.run(gc, path, dry_run=True, progress=False)
+    assert checked["status"].to_list() == ["checked"] * 3
+    assert checked["new_balance"].to_list() == [Decimal("0.00")] * 3
+    assert _ledger_rows(server) == before
+    assert not (tmp_path / "fixes.csv.journal").exists()
+
+
+def test_declines_are_results_not_failures(server, tmp_path):
+    (card,) = _unsold(server, 1)
+    store = server.stores[0].id
+    path = _write(
+        tmp_path / "fixes.csv",
+        [
+            ["sell", card.number, card.security_code, "5", store, "", ""],
+            ["redeem", card.number, card.security_code, "9", store, "", ""],
+            ["block", card.number, card.security_code, "", "", "lost", ""],
+            ["balance", card.number, card.security_code, "", "", "", ""],
+        ],
+    )
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        results = bulk.run(gc, path, concurrency=1, progress=False)
+    got = results.select("operation", "status", "statuscode").rows()
+    assert got == [
+        ("sell", "approved", "000000"),
+        ("redeem", "declined", "100005"),
+        ("block", "approved", "000000"),
+        ("balance", "approved", "000000"),
+    ]
+    assert results.filter(pl.col("operation") == "sell")["host_ref"][0]
+
+
+def test_a_journal_from_another_file_is_refused(server, tmp_path):
+    (card,) = _unsold(server, 1)
+    row = ["balance", card.number, card.security_code, "", "", "", ""]
+    first = _write(tmp_path / "a.csv", [row])
+    second = _write(tmp_path / "b.csv", [row, row])
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        bulk.run(gc, first, journal=tmp_path / "j.journal", progress=False)
+        with pytest.raises(bulk.BulkFileError, match="another file"):
+            bulk.run(gc, second, journal=tmp_path / "j.journal", progress=False)
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "fixes.csv"
+    path.write_text("operation,card_number\nbalance,6006491234567897\n")
+    with pytest.raises(bulk.BulkFileError, match="missing column"):
+        bulk.validate(path)
