@@ -1,0 +1,372 @@
+"""Ops forms for Jupyter (ipywidgets): fix one card by hand, safely and on the record.
+
+Every form checks its input before sending (card number length and Luhn, a 4-digit
+security code, an amount above zero with at most 2 decimals, a store from the user's own
+stores, a reason for status changes) and says what is wrong beside the field. Anything that
+moves money or changes a card's status goes through a confirmation step (masked card,
+amount, store, operation) and nothing is sent before Confirm; the buttons are disabled while
+a request is in flight, and a second click sends nothing twice (the reviewed request, with
+its Idempotency-Key, is consumed by the first). The result or the error is shown in plain
+words, the card number and code fields are cleared after every submit, and every attempt
+is written to the audit log.
+
+    forms.ops_console(client, audit_log="audit.jsonl")   # a Tab with every form
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+
+from giftcard_toolkit import _protocol, errors, models
+from giftcard_toolkit.audit import AuditLog
+from giftcard_toolkit.cards import Card, card_number_problem, mask, security_code_problem
+
+TITLES = {
+    "balance": "Balance",
+    "sell": "Sell",
+    "reload": "Reload",
+    "redeem": "Redeem",
+    "status": "Block / unblock",
+}
+
+
+@dataclass(frozen=True)
+class _Reviewed:
+    """A request checked and shown for confirmation; sent at most once."""
+
+    card: Card
+    amount: Decimal | None
+    store: models.Store | None
+    active: bool | None
+    reason: str | None
+    key: str
+
+
+def _money(value: Decimal) -> str:
+    return f"${value:,.2f}"
+
+
+class OperationForm(widgets.VBox):
+    """One operation's form. Its fields are attributes, so it can be driven from code."""
+
+    def __init__(
+        self,
+        client: Any,
+        operation: str,
+        *,
+        audit_log: AuditLog | None = None,
+        stores: list[models.Store] | None = None,
+    ) -> None:
+        if operation not in TITLES:
+            raise ValueError(f"operation must be one of {', '.join(TITLES)}")
+        self.client = client
+        self.operation = operation
+        self.audit = audit_log
+        self.moves = operation in ("sell", "reload", "redeem")
+        self.card_number = widgets.Text(description="Card number", placeholder="16 digits")
+        self.security_code = widgets.Password(description="Security code", placeholder="4 digits")
+        self.amount = widgets.Text(description="Amount", placeholder="e.g. 25.00")
+        known = stores if stores is not None else list(client.verify().stores)
+        self.store = widgets.Dropdown(
+            description="Store", options=[(s.name or s.id, s) for s in known]
+        )
+        self.active = widgets.ToggleButtons(
+            options=[("Block", False), ("Unblock", True)], description="Action"
+        )
+        self.reason = widgets.Text(description="Reason", placeholder="why (required)")
+        self.accept_partial = widgets.Checkbox(description="Accept a partial redemption")
+        self.problems = {
+            name: widgets.HTML()
+            for name in ("card_number", "security_code", "amount", "store", "reason")
+        }
+        self.submit = widgets.Button(
+            description="Check balance" if operation == "balance" else "Review",
+            button_style="primary",
+        )
+        self.confirm = widgets.Button(description="Confirm", button_style="danger")
+        self.cancel = widgets.Button(description="Cancel")
+        self.confirmation = widgets.HTML()
+        self.output = widgets.HTML()
+        self._reviewed: _Reviewed | None = None
+        self._busy = False
+        self.submit.on_click(lambda _: self._on_submit())
+        self.confirm.on_click(lambda _: self._on_confirm())
+        self.cancel.on_click(lambda _: self._on_cancel())
+        self._show_confirmation(False)
+        rows: list[widgets.Widget] = [
+            self._row("card_number", self.card_number),
+            self._row("security_code", self.security_code),
+        ]
+        if self.moves:
+            rows += [self._row("amount", self.amount), self._row("store", self.store)]
+        if operation == "redeem":
+            rows.append(self.accept_partial)
+        if operation == "status":
+            rows += [self.active, self._row("reason", self.reason)]
+        rows += [
+            self.submit,
+            self.confirmation,
+            widgets.HBox([self.confirm, self.cancel]),
+            self.output,
+        ]
+        super().__init__(rows)
+
+    def _row(self, name: str, field: widgets.Widget) -> widgets.HBox:
+        return widgets.HBox([field, self.problems[name]])
+
+    def _show_confirmation(self, shown: bool) -> None:
+        display = None if shown else "none"
+        self.confirm.layout.display = display
+        self.cancel.layout.display = display
+        if not shown:
+            self.confirmation.value = ""
+
+    def _set_busy(self, busy: bool) -> None:
+        self._busy = busy
+        for button in (self.submit, self.confirm, self.cancel):
+            button.disabled = busy
+
+    # ----------------------------------------------------------- checking
+
+    def _check(self) -> _Reviewed | None:
+        """The request if every field is right; else the problems beside their fields."""
+        for box in self.problems.values():
+            box.value = ""
+        found: dict[str, str] = {}
+        number = self.card_number.value.strip()
+        problem = card_number_problem(number)
+        if problem:
+            found["card_number"] = f"Card number {problem}."
+        problem = security_code_problem(self.security_code.value.strip())
+        if problem:
+            found["security_code"] = f"Security code {problem}."
+        amount = None
+        if self.moves:
+            try:
+                amount = Decimal(self.amount.value.strip())
+                if (
+                    not amount.is_finite()
+                    or amount <= 0
+                    or amount != amount.quantize(Decimal("0.01"))
+                ):
+                    raise InvalidOperation
+            except InvalidOperation:
+                found["amount"] = "Amount must be above zero with at most 2 decimals."
+                amount = None
+            if self.store.value is None:
+                found["store"] = "Pick one of your stores."
+        reason = self.reason.value.strip()
+        if self.operation == "status" and not reason:
+            found["reason"] = "Say why the card's status changes."
+        for name, message in found.items():
+            self.problems[name].value = f"<span style='color:#b00'>{html.escape(message)}</span>"
+        if found:
+            return None
+        return _Reviewed(
+            card=Card(number, self.security_code.value.strip()),
+            amount=amount,
+            store=self.store.value if self.moves else None,
+            active=self.active.value if self.operation == "status" else None,
+            reason=reason or None,
+            key=_protocol.new_idempotency_key(),
+        )
+
+    def _describe(self, request: _Reviewed) -> str:
+        card = request.card.masked
+        if self.operation == "status":
+            verb = "Unblock" if request.active else "Block"
+            return f"{verb} card {card} (reason: {request.reason})"
+        assert request.amount is not None and request.store is not None
+        verb = {"sell": "Sell", "reload": "Reload", "redeem": "Redeem"}[self.operation]
+        preposition = "from" if self.operation == "redeem" else "onto"
+        return (
+            f"{verb} {_money(request.amount)} {preposition} card {card} "
+            f"at {request.store.name or request.store.id}"
+        )
+
+    # ---------------------------------------------------------- handlers
+
+    def _on_submit(self) -> None:
+        if self._busy:
+            return
+        request = self._check()
+        self._clear_secrets()
+        if request is None:
+            self.output.value = "Nothing was sent: fix the fields marked in red."
+            return
+        if self.operation == "balance":
+            self._send(request)
+            return
+        self._reviewed = request
+        self.confirmation.value = f"<b>Please confirm:</b> {html.escape(self._describe(request))}"
+        self._show_confirmation(True)
+        self.output.value = ""
+
+    def _on_cancel(self) -> None:
+        self._reviewed = None
+        self._show_confirmation(False)
+        self.output.value = "Cancelled: nothing was sent."
+
+    def _on_confirm(self) -> None:
+        request, self._reviewed = self._reviewed, None  # a second click finds nothing
+        if request is None or self._busy:
+            return
+        self._send(request)
+
+    def _clear_secrets(self) -> None:
+        self.card_number.value = ""
+        self.security_code.value = ""
+
+    # ------------------------------------------------------------ sending
+
+    def _send(self, request: _Reviewed) -> None:
+        self._set_busy(True)
+        record: dict[str, Any] = {
+            "outcome": "error",
+            "statuscode": None,
+            "host_ref": None,
+            "description": None,
+        }
+        try:
+            message, record = self._apply(request)
+        except errors.Declined as declined:
+            record.update(
+                outcome="declined", statuscode=declined.statuscode, description=declined.description
+            )
+            message = f"Declined: {declined.description.lower()}"
+            if isinstance(declined, errors.InsufficientFunds) and declined.balance is not None:
+                message += f", card holds {_money(declined.balance)}"
+        except errors.GiftCardError as failed:
+            record.update(description=str(failed))
+            message = f"Not done: {failed}"
+        finally:
+            self._set_busy(False)
+            self._show_confirmation(False)
+        self.output.value = html.escape(message)
+        if self.audit is not None:
+            self.audit.record(
+                user=getattr(self.client, "username", "?"),
+                operation=self.operation,
+                card=request.card,
+                amount=request.amount,
+                store_id=request.store.id if request.store else None,
+                idempotency_key=None if self.operation == "balance" else request.key,
+                **record,
+            )
+
+    def _apply(self, request: _Reviewed) -> tuple[str, dict[str, Any]]:
+        gc, card, key = self.client, request.card, request.key
+        done = {"outcome": "approved", "statuscode": "000000", "description": "Success"}
+        if self.operation == "balance":
+            balance: models.Balance = gc.balance(card)
+            state = "active" if balance.active else "not usable"
+            return (
+                f"Card {mask(card.number)} holds {_money(balance.balance)} ({state})",
+                {**done, "host_ref": None},
+            )
+        if self.operation == "status":
+            change: models.StatusChange = gc.change_status(
+                card, bool(request.active), request.reason or "", idempotency_key=key
+            )
+            verb = "unblocked" if change.active else "blocked"
+            return (
+                f"Done: card {change.card} {verb}; it holds {_money(change.balance)}",
+                {**done, "host_ref": None},
+            )
+        assert request.amount is not None and request.store is not None
+        if self.operation == "redeem":
+            redemption: models.Redemption = gc.redeem(
+                card,
+                request.amount,
+                request.store,
+                accept_partial=self.accept_partial.value,
+                idempotency_key=key,
+            )
+            how = "Partially approved" if redemption.partial else "Approved"
+            return (
+                f"{how}: redeemed {_money(redemption.approved)} from {redemption.card}; "
+                f"it holds {_money(redemption.new_balance)}",
+                {
+                    **done,
+                    "host_ref": redemption.host_ref,
+                    "outcome": "partial" if redemption.partial else "approved",
+                    "statuscode": "000001" if redemption.partial else "000000",
+                },
+            )
+        send = gc.sell if self.operation == "sell" else gc.reload
+        load: models.Load = send(card, request.amount, request.store, idempotency_key=key)
+        verb = "sold" if self.operation == "sell" else "reloaded"
+        return (
+            f"Approved: {verb} {load.card} for {_money(request.amount)}; "
+            f"it holds {_money(load.balance)}",
+            {**done, "host_ref": load.host_ref},
+        )
+
+
+def _form(
+    operation: str,
+    client: Any,
+    audit_log: str | Path | AuditLog | None,
+    stores: list[models.Store] | None,
+) -> OperationForm:
+    log = AuditLog(audit_log) if isinstance(audit_log, str | Path) else audit_log
+    return OperationForm(client, operation, audit_log=log, stores=stores)
+
+
+def balance_form(
+    client: Any,
+    audit_log: str | Path | AuditLog | None = None,
+    stores: list[models.Store] | None = None,
+) -> OperationForm:
+    return _form("balance", client, audit_log, stores)
+
+
+def sell_form(
+    client: Any,
+    audit_log: str | Path | AuditLog | None = None,
+    stores: list[models.Store] | None = None,
+) -> OperationForm:
+    return _form("sell", client, audit_log, stores)
+
+
+def reload_form(
+    client: Any,
+    audit_log: str | Path | AuditLog | None = None,
+    stores: list[models.Store] | None = None,
+) -> OperationForm:
+    return _form("reload", client, audit_log, stores)
+
+
+def redeem_form(
+    client: Any,
+    audit_log: str | Path | AuditLog | None = None,
+    stores: list[models.Store] | None = None,
+) -> OperationForm:
+    return _form("redeem", client, audit_log, stores)
+
+
+def status_form(
+    client: Any,
+    audit_log: str | Path | AuditLog | None = None,
+    stores: list[models.Store] | None = None,
+) -> OperationForm:
+    return _form("status", client, audit_log, stores)
+
+
+def ops_console(
+    client: Any, audit_log: str | Path | AuditLog | None = "audit.jsonl"
+) -> widgets.Tab:
+    """Every form in one Tab, sharing one audit log and the user's stores (one verify)."""
+    log = AuditLog(audit_log) if isinstance(audit_log, str | Path) else audit_log
+    stores = list(client.verify().stores)
+    forms = [OperationForm(client, op, audit_log=log, stores=stores) for op in TITLES]
+    tab = widgets.Tab(children=forms)
+    for index, operation in enumerate(TITLES):
+        tab.set_title(index, TITLES[operation])
+    return tab
