@@ -117,6 +117,15 @@ def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, t
     assert set(results["status"]) == {"approved"}
     assert balances == {Decimal("12.50")}, "each sale and each redeem applied exactly once"
     assert _ledger_rows(server) == before + 60
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        (open_batch,) = gc.batches(store, status="open")
+    applied = [
+        t
+        for t in open_batch.transactions
+        if t.pos_ref == "bulk" and t.card_last4 in {c.last4 for c in cards}
+    ]
+    assert len(applied) == 60, "each row once in the server's batches"
+    assert set(results["host_ref"]) == {t.host_ref for t in applied}
     assert results.schema == bulk.RESULT_SCHEMA
     assert audit.read(log).height == 60 - 12, "the rows this run attempted"
     assert not any(c.number in log.read_text() for c in cards)
