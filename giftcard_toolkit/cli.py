@@ -47,6 +47,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from giftcard_toolkit import demo
+
+    print("running the notebooks against a seeded demo server...", flush=True)
+    reports = demo.run(args.out)
+    for report in reports:
+        figures = f", {len(report.figures)} figure(s)" if report.figures else ""
+        print(f"  {report.notebook:22} {report.seconds:5.1f} s  -> {report.html}{figures}")
+    print("demo data:")
+    for name, value in demo.summary().items():
+        print(f"  {name:22} {value}")
+    print(f"reports are in {Path(args.out).resolve()}")
+    return 0
+
+
 def _ledger(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from giftcard_toolkit.server import Ledger
 
@@ -150,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tz", default="UTC", help="the server's time zone, e.g. America/New_York")
     serve.add_argument("--log-level", default="info")
     serve.set_defaults(func=_serve)
+
+    demo = commands.add_parser(
+        "demo", help="run every notebook against a seeded demo server and write reports"
+    )
+    demo.add_argument("--out", default="reports", help="folder for the HTML and PNG reports")
+    demo.set_defaults(func=_demo)
 
     admin = commands.add_parser("admin", help="manage stores, users and card stock")
     admin.add_argument("--db", default="giftcard.sqlite", help="SQLite file of the server")

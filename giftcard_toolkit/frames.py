@@ -313,17 +313,21 @@ def fetch(
     stores: Sequence[Any] | None = None,
     since: date | None = None,
     until: date | None = None,
+    progress: bool = True,
 ) -> tuple[pl.DataFrame, pl.DataFrame] | Awaitable[tuple[pl.DataFrame, pl.DataFrame]]:
     """(batches, transactions) of ``stores`` (default: every store the user is granted).
 
-    Pages through ``GET /Batch`` (1,000 batches a page, newest first) with a progress bar.
+    Pages through ``GET /Batch`` (1,000 batches a page, newest first) with a progress bar
+    (``progress=False`` hides it, e.g. in notebooks whose outputs are compared).
     With an ``AsyncGiftCardClient`` this returns an awaitable: ``await frames.fetch(ac)``.
     """
     if inspect.iscoroutinefunction(client.batches):
-        return _fetch_async(client, stores, since, until)
+        return _fetch_async(client, stores, since, until, progress)
     store_list = list(stores) if stores is not None else list(client.verify().stores)
     found: list[models.Batch] = []
-    with tqdm(total=len(store_list), desc="fetching batches", unit="store") as bar:
+    with tqdm(
+        total=len(store_list), desc="fetching batches", unit="store", disable=not progress
+    ) as bar:
         for store in store_list:
             until_page = until
             while True:
@@ -337,11 +341,17 @@ def fetch(
 
 
 async def _fetch_async(
-    client: Any, stores: Sequence[Any] | None, since: date | None, until: date | None
+    client: Any,
+    stores: Sequence[Any] | None,
+    since: date | None,
+    until: date | None,
+    progress: bool,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     store_list = list(stores) if stores is not None else list((await client.verify()).stores)
     found: list[models.Batch] = []
-    with tqdm(total=len(store_list), desc="fetching batches", unit="store") as bar:
+    with tqdm(
+        total=len(store_list), desc="fetching batches", unit="store", disable=not progress
+    ) as bar:
         for store in store_list:
             until_page = until
             while True:

@@ -1,0 +1,66 @@
+"""A ready client for notebooks and scripts: the server at ``GIFTCARD_URL`` when that is
+set, else a fresh embedded demo server on loopback (so every notebook runs anywhere)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from giftcard_toolkit.client import GiftCardClient
+from giftcard_toolkit.models import Store
+
+
+@dataclass
+class Session:
+    """``client`` to use; ``server`` is the embedded demo (None against a real server);
+    ``demo_cards`` its card stock (empty against a real server)."""
+
+    client: GiftCardClient
+    server: Any = None
+    stores: list[Store] = field(default_factory=list)
+    _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+
+    @property
+    def demo_cards(self) -> list[Any]:
+        return list(self.server.card_stock) if self.server is not None else []
+
+    def close(self) -> None:
+        """Close the client and stop the embedded server, if any."""
+        self._stack.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_session(**client_options: Any) -> Session:
+    """Connect: ``GIFTCARD_URL`` (with ``GIFTCARD_USERNAME``/``PASSWORD``) when set, else a
+    seeded demo server started here. Call ``close()`` (or use ``with``) when done."""
+    stack = contextlib.ExitStack()
+    try:
+        server = None
+        if os.environ.get("GIFTCARD_URL"):
+            client = stack.enter_context(GiftCardClient.from_env(**client_options))
+        else:
+            from giftcard_toolkit.server import running
+
+            server = stack.enter_context(running())
+            assert server.username is not None and server.password is not None
+            client = stack.enter_context(
+                GiftCardClient(
+                    server.url,
+                    server.username,
+                    server.password,
+                    card_key=server.card_key,
+                    **client_options,
+                )
+            )
+        stores = list(client.verify().stores)
+    except BaseException:
+        stack.close()
+        raise
+    return Session(client=client, server=server, stores=stores, _stack=stack)
