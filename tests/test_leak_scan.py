@@ -13,119 +13,88 @@ import contextlib
 import csv
 import logging
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import polars as pl
 
 from giftcard_toolkit import GiftCardClient, bulk, demo, errors, forms, frames
+from giftcard_toolkit.server.runner import server_process
 from giftcard_toolkit.server.seed import read_card_stock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path, capsys):
     stock = tmp_path / "stock.csv"
-    server_log = (tmp_path / "server.log").open("wb")
-    port = _port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "giftcard_toolkit.cli",
-            "serve",
-            "--seed",
-            "demo",
-            "--db",
-            str(tmp_path / "day.sqlite"),
-            "--port",
-            str(port),
-            "--card-stock",
-            str(stock),
-        ],
-        stdout=server_log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
     client_log = logging.FileHandler(tmp_path / "client.log")
     logger = logging.getLogger("giftcard_toolkit")
     logger.addHandler(client_log)
+    level = logger.level
     logger.setLevel(logging.DEBUG)
     tokens: set[str] = set()
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/Health", timeout=1)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        cards = read_card_stock(stock)
-        fresh = [c for c in cards if not c.sold][:8]
-        store = fresh[0].store_id
-        with GiftCardClient(url, "demo", "demo-password") as gc:
-            tokens.add(gc.tokenize(fresh[0]).token)
-            gc.sell(fresh[0], "30", store)
-            gc.redeem(fresh[0], "50", store, accept_partial=True)
-            for failing in (
-                lambda: gc.redeem(fresh[0], 1, store),  # insufficient balance
-                lambda: gc.sell(fresh[0], 1, store),  # already active
-                lambda: gc.balance("0" * 16),  # an unknown token
-            ):
-                with contextlib.suppress(errors.GiftCardError):
-                    failing()
-            httpx.post(
-                f"{url}/v1/Token",
-                auth=("demo", "demo-password"),
-                json={"cardnumber": fresh[1].number[:15], "securitycode": "12"},
-            )
-            httpx.post(
-                f"{url}/v1/Token",
-                auth=("demo", "wrong"),
-                json={"cardnumber": fresh[1].number, "securitycode": fresh[1].security_code},
-            )
-            log = tmp_path / "audit.jsonl"
-            sell = forms.sell_form(gc, audit_log=log)
-            sell.card_number.value, sell.security_code.value = (
-                fresh[2].number,
-                fresh[2].security_code,
-            )
-            sell.amount.value = "15"
-            sell.store.value = next(s for _, s in sell.store.options if s.id == store)
-            sell.submit.click()
-            sell.confirm.click()
-            fixes = tmp_path / "fixes.csv"
-            with fixes.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(bulk.COLUMNS)
-                for card in fresh[3:6]:
-                    writer.writerow(["sell", card.number, card.security_code, "20", store, "", ""])
-                writer.writerow(
-                    ["block", fresh[3].number, fresh[3].security_code, "", "", "lost", ""]
+    day = server_process(
+        tmp_path / "day.sqlite", card_stock=stock, log=tmp_path / "server.log", log_level="info"
+    )
+    with day as server:  # stopped (and its log complete) before the scan
+        url = server.url
+        try:
+            cards = read_card_stock(stock)
+            fresh = [c for c in cards if not c.sold][:8]
+            store = fresh[0].store_id
+            with GiftCardClient(url, "demo", "demo-password") as gc:
+                tokens.add(gc.tokenize(fresh[0]).token)
+                gc.sell(fresh[0], "30", store)
+                gc.redeem(fresh[0], "50", store, accept_partial=True)
+                for failing in (
+                    lambda: gc.redeem(fresh[0], 1, store),  # insufficient balance
+                    lambda: gc.sell(fresh[0], 1, store),  # already active
+                    lambda: gc.balance("0" * 16),  # an unknown token
+                ):
+                    with contextlib.suppress(errors.GiftCardError):
+                        failing()
+                httpx.post(
+                    f"{url}/v1/Token",
+                    auth=("demo", "demo-password"),
+                    json={"cardnumber": fresh[1].number[:15], "securitycode": "12"},
                 )
-            bulk.run(gc, fixes, audit_log=log, progress=False)
-            fixes.unlink()  # the input file holds numbers by nature; what it leaves must not
-            batches, txs = frames.fetch(gc, progress=False)
-            for frame, name in ((batches, "batches"), (txs, "transactions")):
-                frames.write(frame, tmp_path / f"{name}.parquet")
-                frames.write(frame, tmp_path / f"{name}.csv")
-            tokens.update(t.token for t in gc._tokens.values())
-    finally:
-        logger.removeHandler(client_log)
-        client_log.close()
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-        server_log.close()
+                httpx.post(
+                    f"{url}/v1/Token",
+                    auth=("demo", "wrong"),
+                    json={"cardnumber": fresh[1].number, "securitycode": fresh[1].security_code},
+                )
+                log = tmp_path / "audit.jsonl"
+                sell = forms.sell_form(gc, audit_log=log)
+                sell.card_number.value, sell.security_code.value = (
+                    fresh[2].number,
+                    fresh[2].security_code,
+                )
+                sell.amount.value = "15"
+                sell.store.value = next(s for _, s in sell.store.options if s.id == store)
+                sell.submit.click()
+                sell.confirm.click()
+                fixes = tmp_path / "fixes.csv"
+                with fixes.open("w", newline="") as handle:
+                    writer = csv.writer(handle)
+                    writer.writerow(bulk.COLUMNS)
+                    for card in fresh[3:6]:
+                        writer.writerow(
+                            ["sell", card.number, card.security_code, "20", store, "", ""]
+                        )
+                    writer.writerow(
+                        ["block", fresh[3].number, fresh[3].security_code, "", "", "lost", ""]
+                    )
+                bulk.run(gc, fixes, audit_log=log, progress=False)
+                fixes.unlink()  # the input file holds numbers by nature; what it leaves must not
+                batches, txs = frames.fetch(gc, progress=False)
+                for frame, name in ((batches, "batches"), (txs, "transactions")):
+                    frames.write(frame, tmp_path / f"{name}.parquet")
+                    frames.write(frame, tmp_path / f"{name}.csv")
+                tokens.update(t.token for t in gc._tokens.values())
+        finally:
+            logger.removeHandler(client_log)
+            logger.setLevel(level)
+            client_log.close()
     demo.run(tmp_path / "reports")
 
     texts: dict[str, str] = {}

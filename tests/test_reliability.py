@@ -9,108 +9,59 @@ import asyncio
 import os
 import random
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from decimal import Decimal
-from pathlib import Path
 
-import httpx
 import pytest
 
 from giftcard_toolkit import GiftCardClient, errors
 from giftcard_toolkit.server import Ledger, running
+from giftcard_toolkit.server.runner import free_port, server_process
 from giftcard_toolkit.server.seed import read_card_stock
 
 AUTH = ("demo", "demo-password")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _serve(db: Path, stock: Path, port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "giftcard_toolkit.cli",
-            "serve",
-            "--seed",
-            "demo",
-            "--db",
-            str(db),
-            "--port",
-            str(port),
-            "--card-stock",
-            str(stock),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/Health", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("server did not start")
-
-
 def test_sigkill_during_redeems_loses_no_approval(tmp_path, capsys):
     db, stock = tmp_path / "chain.sqlite", tmp_path / "stock.csv"
-    port = _free_port()
-    server = _serve(db, stock, port)
-    url = f"http://127.0.0.1:{port}"
-    cards = [c for c in read_card_stock(stock) if not c.sold][:8]
-    with GiftCardClient(url, *AUTH) as gc:
-        for card in cards:
-            gc.sell(card, "100.00", card.store_id)
-    approved: list[tuple[str, str]] = []  # (card number, hostRef) of every approval seen
-    lock = threading.Lock()
+    with server_process(db, card_stock=stock) as server:
+        url = server.url
+        cards = [c for c in read_card_stock(stock) if not c.sold][:8]
+        with GiftCardClient(url, *AUTH) as gc:
+            for card in cards:
+                gc.sell(card, "100.00", card.store_id)
+        approved: list[tuple[str, str]] = []  # (card number, hostRef) of every approval seen
+        lock = threading.Lock()
 
-    def redeemer(card) -> None:
-        with GiftCardClient(url, *AUTH, retries=1, timeout=5) as gc:
-            while True:
-                try:
-                    answer = gc.redeem(card, "0.10", card.store_id)
-                except errors.GiftCardError:
-                    return  # the server is gone
-                with lock:
-                    approved.append((card.number, answer.host_ref))
+        def redeemer(card) -> None:
+            with GiftCardClient(url, *AUTH, retries=1, timeout=5) as gc:
+                while True:
+                    try:
+                        answer = gc.redeem(card, "0.10", card.store_id)
+                    except errors.GiftCardError:
+                        return  # the server is gone
+                    with lock:
+                        approved.append((card.number, answer.host_ref))
 
-    workers = [threading.Thread(target=redeemer, args=(card,)) for card in cards]
-    for worker in workers:
-        worker.start()
-    time.sleep(1.5)
-    server.send_signal(signal.SIGKILL)
-    server.wait()
-    for worker in workers:
-        worker.join(timeout=30)
+        workers = [threading.Thread(target=redeemer, args=(card,)) for card in cards]
+        for worker in workers:
+            worker.start()
+        time.sleep(1.5)
+        server.process.send_signal(signal.SIGKILL)
+        server.process.wait()
+        for worker in workers:
+            worker.join(timeout=30)
     assert approved, "redeems were running when the server died"
 
-    port = _free_port()
-    server = _serve(db, stock, port)
-    try:
-        with GiftCardClient(f"http://127.0.0.1:{port}", *AUTH) as gc:
-            in_batches = {
-                t.host_ref
-                for s in {c.store_id for c in cards}
-                for b in gc.batches(s, status="open")
-                for t in b.transactions
-            }
-            balances = {c.number: gc.balance(c).balance for c in cards}
-    finally:
-        server.terminate()
-        server.wait()
+    with server_process(db) as restarted, GiftCardClient(restarted.url, *AUTH) as gc:
+        in_batches = {
+            t.host_ref
+            for s in {c.store_id for c in cards}
+            for b in gc.batches(s, status="open")
+            for t in b.transactions
+        }
+        balances = {c.number: gc.balance(c).balance for c in cards}
     missing = [ref for _, ref in approved if ref not in in_batches]
     assert not missing, f"approvals lost in the crash: {missing[:5]}"
     ledger = Ledger(db)
@@ -147,7 +98,7 @@ class DroppingProxy:
         self.drop = drop
         self.random = random.Random(seed)
         self.dropped = 0
-        self.port = _free_port()
+        self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -243,15 +194,14 @@ def test_lost_answers_through_a_proxy_are_applied_exactly_once(capsys):
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads /proc")
 def test_mixed_load_has_no_errors_and_flat_memory(tmp_path, capsys):
     db, stock = tmp_path / "chain.sqlite", tmp_path / "stock.csv"
-    port = _free_port()
-    server = _serve(db, stock, port)
-    url = f"http://127.0.0.1:{port}"
+    with server_process(db, card_stock=stock) as server:
+        url = server.url
 
-    def rss_mb() -> float:
-        with open(f"/proc/{server.pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+        def rss_mb() -> float:
+            with open(f"/proc/{server.process.pid}/status") as status:
+                lines = [line for line in status if line.startswith("VmRSS")]
+            return int(lines[0].split()[1]) / 1024
 
-    try:
         cards = [c for c in read_card_stock(stock) if not c.sold][:16]
         with GiftCardClient(url, *AUTH) as gc:
             for card in cards:
@@ -289,9 +239,6 @@ def test_mixed_load_has_no_errors_and_flat_memory(tmp_path, capsys):
         end_rss = rss_mb()
         with GiftCardClient(url, *AUTH) as gc:
             held = {c.number: gc.balance(c).balance for c in cards}
-    finally:
-        server.terminate()
-        server.wait()
     ledger = Ledger(db)
     problems = ledger.check_invariants()
     ledger.close()

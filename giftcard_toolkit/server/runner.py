@@ -6,8 +6,11 @@ import gc
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -242,3 +245,79 @@ def serve(
         )
     finally:
         ledger.close()
+
+
+@dataclass
+class ServerProcess:
+    """A ``giftcard-toolkit serve`` running in a process of its own."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server_process(
+    db: str | Path,
+    *,
+    seed: str | None = "demo",
+    card_stock: str | Path | None = None,
+    log: str | Path | None = None,
+    log_level: str = "warning",
+    timeout: float = 60.0,
+) -> Iterator[ServerProcess]:
+    """Run the server in its own process on a free loopback port, until the block ends.
+
+    For benchmarks (the load generator must not share the server's interpreter) and crash
+    tests (which kill it). ``log`` receives its output (access log included at ``info``).
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "giftcard_toolkit.cli",
+        "serve",
+        "--db",
+        str(db),
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+    if seed:
+        command += ["--seed", seed]
+    if card_stock:
+        command += ["--card-stock", str(card_stock)]
+    with open(log or os.devnull, "ab") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not _answers(f"{url}/Health"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start (exit code {process.poll()})")
+            time.sleep(0.1)
+        yield ServerProcess(url, process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+            return bool(response.status == 200)
+    except OSError:
+        return False

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import tempfile
 import time
 import uuid
@@ -22,10 +21,8 @@ from pathlib import Path
 import httpx
 
 from giftcard_toolkit import GiftCardClient, bulk
+from giftcard_toolkit.server.runner import server_process
 from giftcard_toolkit.server.seed import read_card_stock
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import free_port, start, wait_healthy  # noqa: E402
 
 AUTH = ("demo", "demo-password")
 
@@ -96,36 +93,12 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
-        port = free_port()
         stock = tmp / "stock.csv"
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "giftcard_toolkit.cli",
-                "serve",
-                "--seed",
-                "demo",
-                "--db",
-                str(tmp / "bench.sqlite"),
-                "--port",
-                str(port),
-                "--card-stock",
-                str(stock),
-                "--log-level",
-                "warning",
-            ],
-            tmp / "server.log",
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(f"{url}/Health", server)
+        with server_process(tmp / "bench.sqlite", card_stock=stock) as server:
+            url = server.url
             sold = [c for c in read_card_stock(stock) if c.sold][: args.cards * 2]
             bare_rate = bare(url, sold[: args.cards], args.reloads, args.concurrency)
             toolkit_rate = toolkit(url, sold[args.cards :], args.reloads, args.concurrency, tmp)
-        finally:
-            server.terminate()
-            server.wait()
     print(f"{args.reloads} reloads over {args.cards} cards, concurrency {args.concurrency}")
     print(f"{'bare httpx (threads)':24} {bare_rate:8.0f} reloads/s")
     print(f"{'bulk.run':24} {toolkit_rate:8.0f} reloads/s")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +24,8 @@ import httpx
 
 from giftcard_toolkit import AsyncGiftCardClient
 from giftcard_toolkit.server import running
+from giftcard_toolkit.server.runner import server_process
 from giftcard_toolkit.server.seed import read_card_stock
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import free_port, start, wait_healthy  # noqa: E402
 
 
 async def toolkit_round(url: str, card, checks: int, concurrency: int) -> float:
@@ -81,35 +78,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
-        port = free_port()
         stock = tmp / "stock.csv"
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "giftcard_toolkit.cli",
-                "serve",
-                "--seed",
-                "demo",
-                "--db",
-                str(tmp / "bench.sqlite"),
-                "--port",
-                str(port),
-                "--card-stock",
-                str(stock),
-                "--log-level",
-                "warning",
-            ],
-            tmp / "server.log",
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(f"{url}/Health", server)
+        with server_process(tmp / "bench.sqlite", card_stock=stock) as server:
+            url = server.url
             card = next(c for c in read_card_stock(stock) if c.sold)
             toolkit, bare = measure(url, card, args)
-        finally:
-            server.terminate()
-            server.wait()
     report(toolkit, bare, args, "giftcard-toolkit serve in its own process")
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import httpx
 
+from giftcard_toolkit.server.runner import server_process
+
 HERE = Path(__file__).resolve()
 
 
@@ -137,29 +139,11 @@ def main() -> None:
             ceiling.terminate()
             ceiling.wait()
 
-        port = free_port()
         db = tmp / "bench.sqlite"
         stock = tmp / "stock.csv"
-        server = start(
-            [
-                sys.executable,
-                "-m",
-                "giftcard_toolkit.cli",
-                "serve",
-                "--seed",
-                "demo",
-                "--db",
-                str(db),
-                "--port",
-                str(port),
-                "--card-stock",
-                str(stock),
-            ],
-            tmp / "server.log",
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(f"{base}/Health", server)
+        # The access log stays on (info), as in production.
+        with server_process(db, card_stock=stock, log=tmp / "server.log", log_level="info") as ours:
+            base = ours.url
             from giftcard_toolkit.server.seed import read_card_stock
 
             card = next(c for c in read_card_stock(stock) if not c.sold)
@@ -198,9 +182,6 @@ def main() -> None:
                 after = Decimal(
                     str(http.post("/Transaction/balancecheck", json=check).json()["balance"])
                 )
-        finally:
-            server.terminate()
-            server.wait()
 
         from giftcard_toolkit.server import Ledger
 
