@@ -26,7 +26,6 @@ from giftcard_toolkit.cards import mask
 T = TypeVar("T")
 APPROVED = ("000000", "000001")
 RETRY_STATUSES = (502, 503, 504)
-MONEY_PATHS = ("sellnewcard", "reload", "radeem")
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,18 @@ def money(value: Any, name: str = "amount") -> Decimal:
     if not amount.is_finite():
         raise errors.InvalidInput(f"{name} must be a finite number")
     return amount
+
+
+def entered_amount(text: str) -> Decimal | None:
+    """An amount typed by a person (a form field, a CSV cell) if it is one the server can
+    accept: finite, above zero, whole cents; else None, for the caller to say so."""
+    try:
+        amount = Decimal(text.strip())
+        if amount.is_finite() and amount > 0 and amount == amount.quantize(Decimal("0.01")):
+            return amount
+    except InvalidOperation:
+        pass
+    return None
 
 
 def store_id(store: Any) -> str:

@@ -30,14 +30,14 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from giftcard_toolkit import errors, models
+from giftcard_toolkit import _protocol, errors, models
 from giftcard_toolkit.audit import AuditLog
 from giftcard_toolkit.cards import Card, card_number_problem, security_code_problem
 from giftcard_toolkit.frames import MONEY
@@ -104,14 +104,11 @@ def _problems(row: dict[str, str], needs_code: bool) -> tuple[list[str], Decimal
         why.append("security_code is empty (and no card key is configured to send it encrypted)")
     amount = None
     if operation in MONEY_OPERATIONS:
-        text = row["amount"].strip()
-        try:
-            amount = Decimal(text)
-            if not amount.is_finite() or amount <= 0 or amount != amount.quantize(Decimal("0.01")):
-                raise InvalidOperation
-        except InvalidOperation:
-            why.append(f"amount {text!r} must be a positive amount with at most 2 decimals")
-            amount = None
+        amount = _protocol.entered_amount(row["amount"])
+        if amount is None:
+            why.append(
+                f"amount {row['amount'].strip()!r} must be above zero with at most 2 decimals"
+            )
         if not _GUID.match(row["store_id"].strip()):
             why.append("store_id must be the store's GUID")
     if operation in STATUS_OPERATIONS and not row["reason"].strip():

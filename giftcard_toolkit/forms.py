@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -148,17 +148,9 @@ class OperationForm(widgets.VBox):
             found["security_code"] = f"Security code {problem}."
         amount = None
         if self.moves:
-            try:
-                amount = Decimal(self.amount.value.strip())
-                if (
-                    not amount.is_finite()
-                    or amount <= 0
-                    or amount != amount.quantize(Decimal("0.01"))
-                ):
-                    raise InvalidOperation
-            except InvalidOperation:
+            amount = _protocol.entered_amount(self.amount.value)
+            if amount is None:
                 found["amount"] = "Amount must be above zero with at most 2 decimals."
-                amount = None
             if self.store.value is None:
                 found["store"] = "Pick one of your stores."
         reason = self.reason.value.strip()

@@ -36,3 +36,14 @@ def fresh_card(pos: Pos) -> DemoCard:
 @pytest.fixture
 def clock() -> MovableClock:
     return MovableClock()
+
+
+@pytest.fixture(scope="module")
+def server(srv: RunningServer) -> RunningServer:
+    """The module's demo server, under the name the client-side suites use."""
+    return srv
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

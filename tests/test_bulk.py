@@ -10,13 +10,6 @@ import polars as pl
 import pytest
 
 from giftcard_toolkit import GiftCardClient, audit, bulk
-from giftcard_toolkit.server import running
-
-
-@pytest.fixture(scope="module")
-def server():
-    with running() as srv:
-        yield srv
 
 
 def _unsold(server, count: int, taken=set()):  # noqa: B006 - one pool for the module

@@ -51,17 +51,6 @@ class AsyncFaulty(httpx.AsyncHTTPTransport):
         return response
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running() as srv:
-        yield srv
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _unsold(server, taken=set()):  # noqa: B006 - one pool of cards for the whole module
     card = next(c for c in server.card_stock if not c.sold and c.number not in taken)
     taken.add(card.number)

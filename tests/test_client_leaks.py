@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import httpx
@@ -42,11 +43,6 @@ class AsyncLoseOnce(httpx.AsyncHTTPTransport):
         return response
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def assert_nothing_leaks(card, token: str, shown: list[str], caplog) -> None:
     logged = [record.getMessage() for record in caplog.records]
     assert any(r.name == "giftcard_toolkit" for r in caplog.records), "the client logged"
@@ -59,82 +55,43 @@ def assert_nothing_leaks(card, token: str, shown: list[str], caplog) -> None:
     assert card.masked in text, "cards are shown, masked"
 
 
-def test_every_operation_at_debug_leaks_nothing(caplog):
-    shown: list[str] = []
-    with running() as srv, caplog.at_level(logging.DEBUG):
-        card = next(c for c in srv.card_stock if not c.sold)
-        store = card.store_id
-        with GiftCardClient(
-            srv.url,
-            srv.username,
-            srv.password,
-            card_key=srv.card_key,
-            transport=LoseOnce(),
-            backoff=0.01,
-        ) as gc:
-            token = gc.tokenize(card)
-            results = [
-                token,
-                gc.health(),
-                gc.verify(),
-                gc.balance(card),
-                gc.sell(card, 30, store),
-                gc.reload(card, 5, store),
-                gc.redeem(card, 50, store, accept_partial=True),
-                gc.reload(Card(card.number), 10, store),  # encrypted
-                gc.change_status(card, False, "lost"),
-                gc.change_status(card, True, "found"),
-                gc.batches(store, status="open"),
-                gc.close_batch(store),
-            ]
-            shown += [repr(r) for r in results] + [str(r) for r in results]
-            shown += [repr(t) for b in results[-2] for t in b.transactions]
-            shown.append(repr(gc))
-            wrong = Card(card.number, f"{(int(card.security_code) + 1) % 10000:04d}")
-            failures = [
-                lambda: gc.redeem(card, 1000, store),
-                lambda: gc.tokenize(wrong),
-                lambda: gc.balance(token.token[::-1]),
-                lambda: gc.sell(card, 12.5, store),
-                lambda: gc.sell(card, 5, store, idempotency_key="k"),
-                lambda: gc.sell(card, 6, store, idempotency_key="k"),
-            ]
-            for failing in failures:
-                with pytest.raises(errors.GiftCardError) as raised:
-                    failing()
-                shown += [str(raised.value), repr(raised.value)]
-    assert_nothing_leaks(card, token.token, shown, caplog)
+async def do(result):
+    return await result if inspect.isawaitable(result) else result
+
+
+def _client(kind: str, srv):
+    options = {"card_key": srv.card_key, "backoff": 0.01}
+    if kind == "sync":
+        return GiftCardClient(srv.url, srv.username, srv.password, transport=LoseOnce(), **options)
+    return AsyncGiftCardClient(
+        srv.url, srv.username, srv.password, transport=AsyncLoseOnce(), **options
+    )
 
 
 @pytest.mark.anyio
-async def test_every_async_operation_at_debug_leaks_nothing(caplog):
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_every_operation_at_debug_leaks_nothing(kind, caplog):
     shown: list[str] = []
     with running() as srv, caplog.at_level(logging.DEBUG):
         card = next(c for c in srv.card_stock if not c.sold)
         store = card.store_id
-        async with AsyncGiftCardClient(
-            srv.url,
-            srv.username,
-            srv.password,
-            card_key=srv.card_key,
-            transport=AsyncLoseOnce(),
-            backoff=0.01,
-        ) as gc:
-            token = await gc.tokenize(card)
-            results = [
-                token,
-                await gc.health(),
-                await gc.verify(),
-                await gc.balance(card),
-                await gc.sell(card, 30, store),
-                await gc.reload(card, 5, store),
-                await gc.redeem(card, 50, store, accept_partial=True),
-                await gc.reload(Card(card.number), 10, store),
-                await gc.change_status(card, False, "lost"),
-                await gc.change_status(card, True, "found"),
-                await gc.batches(store, status="open"),
-                await gc.close_batch(store),
+        gc = _client(kind, srv)
+        try:
+            token = await do(gc.tokenize(card))
+            calls = [
+                lambda: gc.health(),
+                lambda: gc.verify(),
+                lambda: gc.balance(card),
+                lambda: gc.sell(card, 30, store),
+                lambda: gc.reload(card, 5, store),
+                lambda: gc.redeem(card, 50, store, accept_partial=True),
+                lambda: gc.reload(Card(card.number), 10, store),  # encrypted
+                lambda: gc.change_status(card, False, "lost"),
+                lambda: gc.change_status(card, True, "found"),
+                lambda: gc.batches(store, status="open"),
+                lambda: gc.close_batch(store),
             ]
+            results = [token] + [await do(call()) for call in calls]
             shown += [repr(r) for r in results] + [str(r) for r in results]
             shown += [repr(t) for b in results[-2] for t in b.transactions]
             shown.append(repr(gc))
@@ -149,6 +106,8 @@ async def test_every_async_operation_at_debug_leaks_nothing(caplog):
             ]
             for failing in failures:
                 with pytest.raises(errors.GiftCardError) as raised:
-                    await failing()
+                    await do(failing())
                 shown += [str(raised.value), repr(raised.value)]
+        finally:
+            await do(gc.close() if kind == "sync" else gc.aclose())
     assert_nothing_leaks(card, token.token, shown, caplog)

@@ -14,17 +14,6 @@ from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, errors, 
 from giftcard_toolkit.server import running
 
 
-@pytest.fixture(scope="module")
-def server():
-    with running() as srv:
-        yield srv
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["sync", "async"])
 async def gc(request, server) -> AsyncIterator[Any]:
     """A client of either kind; tests ``await do(...)`` whatever it returns."""

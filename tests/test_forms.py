@@ -8,13 +8,6 @@ import ipywidgets as widgets
 import pytest
 
 from giftcard_toolkit import GiftCardClient, audit, forms
-from giftcard_toolkit.server import running
-
-
-@pytest.fixture(scope="module")
-def server():
-    with running() as srv:
-        yield srv
 
 
 @pytest.fixture

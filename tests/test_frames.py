@@ -107,11 +107,6 @@ def test_empty_inputs_give_empty_frames_with_the_schemas():
     assert empty_txs.schema == frames.TRANSACTION_SCHEMA and empty_txs.is_empty()
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_fetch_with_the_async_client_and_a_date_window():
     with running() as srv:

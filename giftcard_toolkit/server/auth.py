@@ -119,8 +119,3 @@ class Authenticator:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             self._cache[self._digest(header)] = (now + self._cache_seconds, user)
         return user
-
-    def forget(self) -> None:
-        """Drop every cached credential (after a user or grant changed)."""
-        with self._lock:
-            self._cache.clear()
