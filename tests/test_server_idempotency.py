@@ -89,8 +89,16 @@ def test_a_key_in_flight_is_refused_with_409(srv, pos):
     from giftcard_toolkit.server.ledger import CardRef
 
     card = srv.ledger.card_identity("demo", CardRef(token=token))
-    canonical = Fields(json.loads(json.dumps({**request, "amount": 5}))).canonical_json(card)
-    held = srv.ledger.reserve(Idempotency("demo", "POST /transaction/radeem", "busy-1", canonical))
+    fields = Fields(json.loads(json.dumps({**request, "amount": 5})))
+    held = srv.ledger.reserve(
+        Idempotency(
+            "demo",
+            "POST /transaction/radeem",
+            "busy-1",
+            request_hash=fields.canonical_json(card),
+            sent_hash=fields.canonical_json(),
+        )
+    )
     assert held.outcome == "new"
     response = pos.send(
         "POST", "/Transaction/radeem", request, headers={"Idempotency-Key": "busy-1"}
@@ -268,3 +276,115 @@ def test_a_retry_after_re_tokenizing_is_the_same_request(srv, pos):
         headers=key,
     )
     assert different.status_code == 422, "the same key for another card is another request"
+
+
+def test_a_retry_after_its_token_expired_replays_the_answer(clock):
+    """The same key, the same token string, after the token expired: the stored answer,
+    not a 422 whose advice (a new key) would redeem a second time."""
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        _, token = pos.sold_card("30")
+        request = {"cardtoken": token, "amount": 5, "FranchiseeID": srv.stores[0].id}
+        key = {"Idempotency-Key": "lost-answer-1"}
+        first = pos.send("POST", "/Transaction/radeem", request, headers=key)
+        rows = _ledger_count(srv)
+        clock.advance(minutes=11)  # the token has expired since
+        again = pos.send("POST", "/Transaction/radeem", request, headers=key)
+        assert again.status_code == 200, again.text
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.text == first.text
+        assert _ledger_count(srv) == rows
+        pos.close()
+
+
+def test_an_unresolvable_card_under_a_used_key_is_no_mismatch(clock):
+    """Another expired token under a used key cannot be judged: the token's decline, kept
+    nowhere, and no advice to use a new key; a fresh token for the same card replays."""
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        card, token = pos.sold_card("30")
+        store = srv.stores[0].id
+        key = {"Idempotency-Key": "lost-answer-2"}
+        first = pos.send(
+            "POST",
+            "/Transaction/radeem",
+            {"cardtoken": token, "amount": 5, "FranchiseeID": store},
+            headers=key,
+        )
+        stale = pos.token(card)
+        clock.advance(minutes=11)
+        unknown = pos.send(
+            "POST",
+            "/Transaction/radeem",
+            {"cardtoken": stale, "amount": 5, "FranchiseeID": store},
+            headers=key,
+        )
+        assert unknown.status_code == 200 and body(unknown)["statuscode"] == "100007"
+        fresh = pos.send(
+            "POST",
+            "/Transaction/radeem",
+            {"cardtoken": pos.token(card), "amount": 5, "FranchiseeID": store},
+            headers=key,
+        )
+        assert fresh.headers.get("idempotent-replayed") == "true" and fresh.text == first.text
+        assert pos.balance(pos.token(card)) == 25
+        pos.close()
+
+
+def test_an_expired_token_under_a_new_key_keeps_the_key_free(clock):
+    """A 100007 applies nothing and is not kept: the same key with a fresh token is
+    applied once (what the client does after re-tokenizing)."""
+    with running(clock=clock) as srv:
+        pos = Pos(srv)
+        card, token = pos.sold_card("30")
+        store = srv.stores[0].id
+        key = {"Idempotency-Key": "expired-first"}
+        clock.advance(minutes=11)
+        expired = pos.send(
+            "POST",
+            "/Transaction/radeem",
+            {"cardtoken": token, "amount": 5, "FranchiseeID": store},
+            headers=key,
+        )
+        assert body(expired)["statuscode"] == "100007"
+        fresh = pos.send(
+            "POST",
+            "/Transaction/radeem",
+            {"cardtoken": pos.token(card), "amount": 5, "FranchiseeID": store},
+            headers=key,
+        )
+        assert body(fresh)["statuscode"] == "000000"
+        assert "idempotent-replayed" not in fresh.headers
+        assert body(fresh)["newbalance"] == Decimal("25.00")
+        pos.close()
+
+
+def test_no_422_on_a_money_endpoint_advises_a_new_key_blindly(srv, pos):
+    _, token = pos.sold_card("30")
+    store = srv.stores[0].id
+    key = {"Idempotency-Key": "reload-advice"}
+    pos.post(
+        "/Transaction/reload", {"cardtoken": token, "amount": 5, "FranchiseeID": store}, headers=key
+    )
+    other = pos.send(
+        "POST",
+        "/Transaction/reload",
+        {"cardtoken": token, "amount": 6, "FranchiseeID": store},
+        headers=key,
+    )
+    assert other.status_code == 422
+    detail = other.json()["detail"]
+    assert "may have been applied" in detail and "check" in detail
+
+
+def test_the_idempotency_table_keeps_no_token(srv, pos):
+    _, token = pos.sold_card("30")
+    pos.send(
+        "POST",
+        "/Transaction/radeem",
+        {"cardtoken": token, "amount": 1, "FranchiseeID": srv.stores[0].id},
+        headers={"Idempotency-Key": "no-token-kept"},
+    )
+    with srv.ledger.read() as conn:
+        rows = conn.execute("SELECT * FROM idempotency").fetchall()
+    assert rows and not any(token in str(tuple(r)) for r in rows)

@@ -47,6 +47,7 @@ from giftcard_toolkit.server.ledger import (
     Idempotency,
     IdempotencyLost,
     Ledger,
+    WriterStopped,
     decline_body,
     dumps,
 )
@@ -62,7 +63,14 @@ _PROBLEM_TYPES = {
     401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
     409: "https://tools.ietf.org/html/rfc9110#section-15.5.10",
     422: "https://tools.ietf.org/html/rfc9110#section-15.5.21",
+    503: "https://tools.ietf.org/html/rfc9110#section-15.6.4",
 }
+# The longest a request waits for the ledger's writer thread to commit its write before
+# it answers 503 (seconds; read at each request, so tests can patch it). Shorter than the
+# toolkit client's 10 s timeout, so that a client hears the 503 rather than timing out.
+WRITE_TIMEOUT = 8.0
+# What a 503 for a write the writer did not answer tells the client to wait (seconds).
+WRITE_RETRY_AFTER = 5
 
 
 def _version() -> str:
@@ -292,6 +300,17 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
             errors.setdefault(name, []).append(f"{name}: {error.get('msg', 'invalid value')}")
         return problem(400, "One or more validation errors occurred.", errors=errors)
 
+    @app.exception_handler(WriterStopped)
+    async def _writer_stopped(request: Request, exc: WriterStopped) -> Response:
+        log.error("ledger writer unavailable: %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "The ledger could not answer this request",
+            f"{exc}. The request may or may not have been applied: retry it with the same "
+            "Idempotency-Key, which applies it at most once and answers it either way.",
+            headers={"Retry-After": str(WRITE_RETRY_AFTER)},
+        )
+
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, exc: Unauthorized) -> Response:
         return problem(401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": REALM})
@@ -330,8 +349,19 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         return ref, amount, store_id, pos_ref
 
     async def write(operation: Callable[[], T]) -> T:
-        """Run a ledger write in the ledger's writer thread (group commit); await its commit."""
-        return await asyncio.wrap_future(ledger.submit(operation))
+        """Run a ledger write in the ledger's writer thread (group commit); await its commit,
+        but never longer than ``WRITE_TIMEOUT``: then (or when the writer stopped) raise
+        :class:`WriterStopped`, answered 503. A write that had not started is cancelled."""
+        deadline = asyncio.timeout(WRITE_TIMEOUT)
+        try:
+            async with deadline:
+                return await asyncio.wrap_future(ledger.submit(operation))
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # raised by the write itself
+            raise WriterStopped(
+                f"the ledger did not commit this write within {WRITE_TIMEOUT:g} s"
+            ) from None
 
     async def idempotent(
         request: Request,
@@ -345,18 +375,31 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
             return json_response(await write(lambda: apply(None, None)))
         endpoint = f"{request.method} {request.url.path.lower()}"
         card = ledger.card_identity(user.username, fields.card) if fields.card else None
-        idem = Idempotency(user.username, endpoint, key, fields.canonical_json(card))
+        as_sent = fields.canonical_json()
+        idem = Idempotency(
+            user.username,
+            endpoint,
+            key,
+            request_hash=as_sent if card is None else fields.canonical_json(card),
+            sent_hash=as_sent,
+            resolved=card is not None or fields.card is None,
+        )
         reservation = await write(lambda: ledger.reserve(idem))
         if reservation.outcome == "replay":
             return json_response(
                 reservation.response or "", headers={"Idempotent-Replayed": "true"}
             )
-        if reservation.outcome == "mismatch":
+        if reservation.outcome == "unresolved" and fields.card is not None:
+            declined = ledger.unresolved_answer(user.username, fields.card)
+            if declined is not None:
+                return json_response(declined)
+        if reservation.outcome in ("mismatch", "unresolved"):
             return problem(
                 422,
                 "Idempotency-Key reused with a different body",
-                "this key was used for another request in the last 24 hours; "
-                "send a new key for a new request",
+                "this key was used in the last 24 hours for another request, which may "
+                "have been applied: check the card's balance or the store's open batch "
+                "before sending this one under a new key",
             )
         if reservation.outcome == "in_flight":
             return problem(

@@ -8,6 +8,7 @@ Messages never repeat a card number, security code, token or ``encrypted`` value
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import date
@@ -21,11 +22,10 @@ from giftcard_toolkit.cards import (
     normalize_card_number,
     security_code_problem,
 )
+from giftcard_toolkit.rules import GUID, IDEMPOTENCY_KEY
 from giftcard_toolkit.server.ledger import CardRef
 
-GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
-IDEMPOTENCY_KEY = re.compile(r"^[\x20-\x7e]{1,64}$")
 
 
 class InvalidRequest(Exception):
@@ -84,15 +84,23 @@ class Fields:
         self.card: CardRef | None = None  # set by card_ref()
 
     def canonical_json(self, card_identity: str | None = None) -> str:
-        """The body as compared for idempotency: lower-case names, numbers by value, and,
-        when the card could be resolved, the card itself in place of the token or
-        ciphertext that named it (a retry after re-tokenizing is the same request)."""
+        """The body as compared for idempotency, as a digest: lower-case names, numbers by
+        value, and the card itself (its ``card_identity``) in place of the token or
+        ciphertext that named it, so a retry after re-tokenizing is the same request.
+
+        Without ``card_identity`` the body is taken as sent, with the token or ciphertext
+        digested too: a retry whose token has expired since is recognised by it.
+        """
         data = dict(self._data)
+        for name in ("cardtoken", "encrypted"):
+            if name in data:
+                named = data.pop(name)
+                if card_identity is None:
+                    data[name] = hashlib.sha256(str(named).encode()).hexdigest()
         if card_identity is not None:
-            data.pop("cardtoken", None)
-            data.pop("encrypted", None)
             data["card"] = card_identity
-        return simplejson.dumps(_canonical(data), sort_keys=True, use_decimal=True)
+        text = simplejson.dumps(_canonical(data), sort_keys=True, use_decimal=True)
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def fail(self, name: str, message: str) -> None:
         self.errors.setdefault(name, []).append(message)

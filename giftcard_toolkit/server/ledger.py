@@ -33,14 +33,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import queue
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from contextlib import contextmanager
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -56,6 +58,7 @@ from giftcard_toolkit.cards import (
     luhn_check_digit,
     mask,
 )
+from giftcard_toolkit.rules import is_money_amount
 
 Clock = Callable[[], datetime]
 Body = dict[str, Any]
@@ -63,6 +66,10 @@ T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "Future[Any]"]
 # How many queued writes may share one commit (one fsync) in the writer thread.
 GROUP_COMMIT_MAX = 64
+# A write waiting longer than this (seconds, queued or running) means the writer thread is
+# stuck: ``healthy()`` says so (``GET /Health`` answers 503). Read at each call: patchable.
+WRITER_STALL_AFTER = 10.0
+log = logging.getLogger("giftcard_toolkit.server.ledger")
 
 TOKEN_LIFETIME = timedelta(minutes=10)
 LOCKOUT_WINDOW = timedelta(minutes=15)
@@ -73,7 +80,9 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # A reservation older than this, or left by an earlier server process, is abandoned (its
 # request died before it could commit anything) and may be taken over by a retry.
 IDEMPOTENCY_STALE_AFTER = timedelta(seconds=60)
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+# Declines saying the request's card could not be read: no answer is kept for its key.
+UNRESOLVED_CARD = ("100007", "100009")
 
 CENT = Decimal("0.01")
 
@@ -108,10 +117,7 @@ def from_cents(cents: int) -> Decimal:
 
 def amount_problem(amount: Decimal) -> bool:
     """True when ``amount`` is not a positive, finite money amount with at most 2 decimals."""
-    if not amount.is_finite() or amount <= 0:
-        return True
-    scaled = amount.scaleb(2)
-    return scaled != scaled.to_integral_value()
+    return not is_money_amount(amount)
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,9 @@ class Idempotency:
     username: str
     endpoint: str
     key: str
-    request_hash: str
+    request_hash: str  # the body by the card it names, or as sent when no card resolves
+    sent_hash: str  # the body as sent (token digested): still matches once it expired
+    resolved: bool = True  # whether request_hash names the card itself
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,12 @@ class Decline(Exception):
         super().__init__(code)
         self.code = code
         self.extra = extra
+
+
+class WriterStopped(RuntimeError):
+    """The writer thread could not give this write an answer: it stopped on an unexpected
+    error (or, in the HTTP layer, did not commit in time). The write may have been applied
+    or not; a retry with the same ``Idempotency-Key`` is applied once either way."""
 
 
 DESCRIPTIONS = {
@@ -267,6 +281,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     endpoint TEXT NOT NULL,
     key TEXT NOT NULL,
     request_hash TEXT NOT NULL,
+    sent_hash TEXT,
     state TEXT NOT NULL CHECK (state IN ('pending', 'done')),
     owner TEXT,
     response TEXT,
@@ -274,6 +289,24 @@ CREATE TABLE IF NOT EXISTS idempotency (
     PRIMARY KEY (username, endpoint, key));
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_at);
 """
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to this schema."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(idempotency)")}
+    if "sent_hash" in columns:
+        return
+    # Version 1 kept the compared body itself (a token in clear when it named no card);
+    # version 2 keeps its digest, which for a resolved card is the digest of that text.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE idempotency ADD COLUMN sent_hash TEXT")
+    for key, body in conn.execute("SELECT rowid, request_hash FROM idempotency").fetchall():
+        digest = hashlib.sha256(str(body).encode()).hexdigest()
+        conn.execute("UPDATE idempotency SET request_hash = ? WHERE rowid = ?", (digest, key))
+    conn.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+    )
+    conn.execute("COMMIT")
 
 
 def dumps(body: Body) -> str:
@@ -309,6 +342,10 @@ class Ledger:
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+        self._writer_down = False  # the writer stopped on an error: submit starts a new one
+        # Every submitted write not answered yet, by when it was submitted (oldest first).
+        self._waiting: dict[Future[Any], float] = {}
+        self._waiting_lock = threading.Lock()
         conn = self._conn()
         conn.execute("PRAGMA journal_mode=WAL")
         with self._write_lock:
@@ -316,6 +353,7 @@ class Ledger:
             if self.meta("secret") is None:
                 self.set_meta("secret", (new_secret or secrets.token_bytes(32)).hex())
                 self.set_meta("schema_version", SCHEMA_VERSION)
+            _migrate(conn)
         self._secret = bytes.fromhex(self.meta("secret") or "")
         stored_key = self.meta("card_key")
         self.card_cipher = card_cipher
@@ -340,12 +378,16 @@ class Ledger:
         return conn
 
     def close(self) -> None:
-        """Stop the writer thread and close every connection this ledger opened."""
+        """Stop the writer thread (after what is queued) and close every connection this
+        ledger opened."""
         with self._writer_lock:
-            if self._writer is not None:
+            writer, self._writer = self._writer, None
+            if writer is not None and not self._writer_down:
                 self._jobs.put(None)
-                self._writer.join()
-                self._writer = None
+            self._writer_down = False
+        if writer is not None:
+            # Outside the lock: a writer stopping on an error takes it to fail what is queued.
+            writer.join()
         with self._connections_lock:
             for conn in self._all_connections:
                 conn.close()
@@ -377,36 +419,90 @@ class Ledger:
 
     def submit(self, write: Callable[[], T]) -> Future[T]:
         """Run ``write`` (a ledger call that writes) in the writer thread; its future holds the
-        answer once the transaction that holds it has committed (group commit, see above)."""
+        answer once the transaction that holds it has committed (group commit, see above).
+
+        A writer thread that stopped on an unexpected error is replaced here (logged at
+        ERROR); the writes it held were answered :class:`WriterStopped`."""
         future: Future[T] = Future()
         with self._writer_lock:
-            if self._writer is None:
+            writer = self._writer
+            if writer is None or self._writer_down or not writer.is_alive():
+                if writer is not None:
+                    log.error("the ledger writer thread had stopped; starting a new one")
                 self._writer = threading.Thread(
                     target=self._write_loop, name="giftcard-ledger-writer", daemon=True
                 )
+                self._writer_down = False
                 self._writer.start()
+            with self._waiting_lock:
+                self._waiting[future] = time.monotonic()
             self._jobs.put((write, future))
+        future.add_done_callback(self._answered)
         return future
 
+    def _answered(self, future: Future[Any]) -> None:
+        with self._waiting_lock:
+            self._waiting.pop(future, None)
+
     def _write_loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            group = [job]
-            stop = False
-            while len(group) < GROUP_COMMIT_MAX:
+        group: list[_Job] = []
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                group = [job]
+                stop = False
+                while len(group) < GROUP_COMMIT_MAX:
+                    try:
+                        queued = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if queued is None:
+                        stop = True
+                        break
+                    group.append(queued)
+                self._commit_group(group)
+                group = []
+                if stop:
+                    return
+        except BaseException as exc:  # a bug, or a BaseException out of a write
+            self._writer_failed(group, exc)
+
+    def _writer_failed(self, group: list[_Job], exc: BaseException) -> None:
+        """The writer thread's last act after an unexpected error: take no more writes (the
+        next :meth:`submit` starts a new writer) and answer its group, and every write
+        queued behind it, :class:`WriterStopped`, so that no caller waits forever."""
+        log.error(
+            "the ledger writer thread stopped on an unexpected error (%s: %s); "
+            "its writes are answered WriterStopped",
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.in_transaction:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        stranded: list[_Job] = []
+        with self._writer_lock:
+            if self._writer is threading.current_thread():
+                self._writer_down = True
+            while True:
                 try:
                     queued = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if queued is None:
-                    stop = True
-                    break
-                group.append(queued)
-            self._commit_group(group)
-            if stop:
-                return
+                if queued is not None:
+                    stranded.append(queued)
+        for _, future in [*group, *stranded]:
+            error = WriterStopped(
+                "the ledger's writer thread stopped on an unexpected error before it "
+                "answered this write"
+            )
+            error.__cause__ = exc
+            with suppress(InvalidStateError):  # answered already, or cancelled unstarted
+                future.set_exception(error)
 
     def _commit_group(self, group: list[_Job]) -> None:
         outcomes: list[tuple[Future[Any], bool, Any]] = []
@@ -457,6 +553,16 @@ class Ledger:
         )
 
     def healthy(self) -> bool:
+        """False when the database cannot be read, or the writer thread has stopped on an
+        error (until the next write starts a new one), or is stuck: a submitted write has
+        waited more than ``WRITER_STALL_AFTER`` seconds for its answer."""
+        writer = self._writer
+        if writer is not None and (self._writer_down or not writer.is_alive()):
+            return False
+        with self._waiting_lock:
+            oldest = next(iter(self._waiting.values()), None)
+        if oldest is not None and time.monotonic() - oldest > WRITER_STALL_AFTER:
+            return False
         try:
             self._conn().execute("SELECT 1 FROM meta LIMIT 1").fetchall()
         except sqlite3.Error:
@@ -545,17 +651,30 @@ class Ledger:
     def user_count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM users").fetchone()[0])
 
-    def issue_cards(self, store_id: str, count: int) -> list[IssuedCard]:
+    def issue_cards(
+        self,
+        store_id: str,
+        count: int,
+        deliver: Callable[[list[IssuedCard]], None] | None = None,
+    ) -> list[IssuedCard]:
         """Create ``count`` new 16-digit Luhn cards with 4-digit codes (from the OS CSPRNG)
-        in a store's stock. The returned numbers and codes are stored nowhere else."""
+        in a store's stock. The returned numbers and codes are stored nowhere else.
+
+        ``deliver`` gets the new cards inside the transaction that adds them, before it
+        commits: it should put them somewhere durable (write and fsync a file). If it
+        raises, nothing is committed: no card exists whose number was not delivered.
+        (Called inside an enclosing :meth:`write`, the commit is that transaction's.)"""
         if count < 1:
             raise ValueError("count must be at least 1")
         rand = secrets.SystemRandom()
         issued: list[IssuedCard] = []
-        while len(issued) < count:
-            drawn = [new_card_number(rand) for _ in range(count - len(issued))]
-            cards = [IssuedCard(n, f"{rand.randrange(10000):04d}", store_id) for n in drawn]
-            issued.extend(self.add_cards(cards))
+        with self.write():
+            while len(issued) < count:
+                drawn = [new_card_number(rand) for _ in range(count - len(issued))]
+                cards = [IssuedCard(n, f"{rand.randrange(10000):04d}", store_id) for n in drawn]
+                issued.extend(self.add_cards(cards))  # joins this transaction
+            if deliver is not None:
+                deliver(issued)
         return issued
 
     def add_cards(self, cards: list[IssuedCard]) -> list[IssuedCard]:
@@ -589,6 +708,8 @@ class Ledger:
 
         ``new``: go ahead and pass the reservation's owner to the operation; ``replay``: the
         stored response; ``mismatch``: the key was used with another body (422);
+        ``unresolved``: another body, but this one names no card the ledger can resolve, so
+        it may be the same request (answer the card's decline, store nothing);
         ``in_flight``: the first request with this key is still being applied (409).
         """
         now = self._now()
@@ -598,19 +719,32 @@ class Ledger:
                 "DELETE FROM idempotency WHERE created_at < ?", (_ts(now - IDEMPOTENCY_TTL),)
             )
             row = conn.execute(
-                "SELECT request_hash, state, owner, response, created_at FROM idempotency "
-                "WHERE username = ? AND endpoint = ? AND key = ?",
+                "SELECT request_hash, sent_hash, state, owner, response, created_at "
+                "FROM idempotency WHERE username = ? AND endpoint = ? AND key = ?",
                 (idem.username, idem.endpoint, idem.key),
             ).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO idempotency(username, endpoint, key, request_hash, state, owner,"
-                    " created_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
-                    (idem.username, idem.endpoint, idem.key, idem.request_hash, owner, _ts(now)),
+                    "INSERT INTO idempotency(username, endpoint, key, request_hash, sent_hash,"
+                    " state, owner, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+                    (
+                        idem.username,
+                        idem.endpoint,
+                        idem.key,
+                        idem.request_hash,
+                        idem.sent_hash,
+                        owner,
+                        _ts(now),
+                    ),
                 )
                 return Reservation("new", owner=owner)
-            if row["request_hash"] != idem.request_hash:
-                return Reservation("mismatch")
+            same = row["sent_hash"] == idem.sent_hash or (
+                idem.resolved and row["request_hash"] == idem.request_hash
+            )
+            if not same:
+                # A card that cannot be resolved may be the very card of the first request
+                # (its token expired since): that is no proof of a different body.
+                return Reservation("mismatch" if idem.resolved else "unresolved")
             if row["state"] == "done":
                 return Reservation("replay", response=row["response"])
             abandoned = not str(row["owner"]).startswith(self._instance) or (
@@ -655,7 +789,15 @@ class Ledger:
                 body = decline_body(decline.code, **decline.extra)
             conn.execute("RELEASE operation")
             text = dumps(body)
-            if idem is not None:
+            if idem is not None and body.get("statuscode") in UNRESOLVED_CARD:
+                # Nothing was applied and nothing can be judged about the card: keep no
+                # answer, so the same key, sent again with a fresh token, is applied once.
+                conn.execute(
+                    "DELETE FROM idempotency WHERE username = ? AND endpoint = ? AND key = ? "
+                    "AND owner = ? AND state = 'pending'",
+                    (idem.username, idem.endpoint, idem.key, owner),
+                )
+            elif idem is not None:
                 stored = conn.execute(
                     "UPDATE idempotency SET state = 'done', response = ?, owner = NULL "
                     "WHERE username = ? AND endpoint = ? AND key = ? AND owner = ?",
@@ -707,6 +849,16 @@ class Ledger:
         except Decline:
             return None
         return str(card["cardref"])
+
+    def unresolved_answer(self, username: str, ref: CardRef) -> str | None:
+        """The decline for a request naming a card that cannot be resolved (a token
+        unknown or expired, a ciphertext that does not decrypt to a known card), or None
+        if the card resolves after all. Nothing is applied."""
+        try:
+            self._resolve(self._conn(), username, ref, self._now())
+        except Decline as decline:
+            return dumps(decline_body(decline.code, **decline.extra))
+        return None
 
     def _granted_store(
         self, conn: sqlite3.Connection, stores: frozenset[str], store_id: str

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
+from giftcard_toolkit.rules import GUID
+
 Money = Annotated[
     Decimal,
     WithJsonSchema({"type": "number", "description": "Money in USD, at most 2 decimals"}),
@@ -21,7 +23,7 @@ Time = Annotated[str, Field(description="ISO 8601 with UTC offset")]
 Guid = Annotated[
     str,
     Field(
-        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+        pattern=GUID.pattern,
         description="Store id (GUID)",
     ),
 ]
