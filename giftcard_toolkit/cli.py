@@ -12,15 +12,22 @@ giftcard-toolkit admin --db PATH stores
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import getpass
 import logging
+import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from giftcard_toolkit.server.seed import DEFAULT_AS_OF
+
+if TYPE_CHECKING:
+    from giftcard_toolkit.server.ledger import IssuedCard, Ledger
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -109,23 +116,104 @@ def _add_user(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOT_ISSUED = "choose a writable path (no cards were issued)"
+
+
+def _create_stock_file(out: Path) -> int:
+    """Create ``out`` for writing, readable by its owner only from the start (0600), and
+    refuse a file that exists; a clear SystemExit, not a traceback, when it cannot be."""
+    try:
+        if not out.parent.is_dir():
+            out.parent.mkdir(parents=True)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        if exc.filename is not None and os.fspath(exc.filename) != os.fspath(out):
+            raise SystemExit(
+                f"cannot create {out}: {exc.filename} exists and is not a folder; {_NOT_ISSUED}"
+            ) from None
+        raise SystemExit(
+            f"{out} exists; choose a new file (card numbers are shown only once)"
+        ) from None
+    except OSError as exc:
+        raise SystemExit(f"cannot create {out}: {exc.strerror or exc}; {_NOT_ISSUED}") from None
+    if hasattr(os, "fchmod"):  # POSIX: exactly 0600, whatever the umask took away
+        with contextlib.suppress(OSError):  # if refused, the umask made it narrower still
+            os.fchmod(fd, 0o600)
+    return fd
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a new file's directory entry durable too (POSIX; elsewhere nothing to do)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _card_in_ledger(ledger: Ledger, card: IssuedCard) -> bool:
+    """Whether an issued card is in the database; True when that cannot be told."""
+    try:
+        with ledger.read() as conn:
+            found = conn.execute(
+                "SELECT 1 FROM cards WHERE lookup = ?", (ledger.card_lookup(card.number),)
+            ).fetchone()
+    except sqlite3.Error:
+        return True
+    return found is not None
+
+
 def _issue_cards(args: argparse.Namespace) -> int:
+    """New cards and their stock file, both or neither: the file is written and fsynced
+    inside the transaction that adds the cards, before it commits."""
     out = Path(args.out)
     if out.exists():
         raise SystemExit(f"{out} exists; choose a new file (card numbers are shown only once)")
+    if args.count < 1:
+        raise SystemExit("--count must be at least 1; no cards were issued")
+    store_id = args.store.lower()
     ledger = _ledger(args)
     try:
-        if ledger.store(args.store.lower()) is None:
+        if ledger.store(store_id) is None:
             raise SystemExit(f"unknown store id {args.store}: see 'admin stores'")
-        cards = ledger.issue_cards(args.store.lower(), args.count)
+        handle = os.fdopen(_create_stock_file(out), "w", newline="", encoding="utf-8")
+        delivered: list[IssuedCard] = []
+
+        def deliver(cards: list[IssuedCard]) -> None:
+            writer = csv.writer(handle)
+            writer.writerow(["card_number", "security_code", "store_id"])
+            writer.writerows((c.number, c.security_code, c.store_id) for c in cards)
+            handle.flush()
+            os.fsync(handle.fileno())
+            _fsync_folder(out.parent)
+            delivered.extend(cards)
+
+        try:
+            with handle:
+                cards = ledger.issue_cards(store_id, args.count, deliver=deliver)
+        except BaseException as exc:
+            if delivered and _card_in_ledger(ledger, delivered[0]):
+                # Committed after all (the failure came later): the file is their only copy.
+                raise SystemExit(
+                    f"{len(delivered)} cards were issued to store {args.store} and their "
+                    f"numbers and codes are in {out}, but then: {type(exc).__name__}: {exc}"
+                ) from exc
+            out.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise SystemExit(
+                    f"cannot write {out}: {exc.strerror or exc}; {_NOT_ISSUED}, "
+                    f"and {out} was removed"
+                ) from None
+            if isinstance(exc, sqlite3.Error):
+                raise SystemExit(
+                    f"cannot issue cards in {args.db}: {exc}; no cards were issued and {out} "
+                    "was removed; retry when the database is free"
+                ) from None
+            raise
     finally:
         ledger.close()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["card_number", "security_code", "store_id"])
-        writer.writerows((c.number, c.security_code, c.store_id) for c in cards)
-    out.chmod(0o600)
     print(f"{len(cards)} cards issued to store {args.store}; numbers and codes in {out}")
     return 0
 
