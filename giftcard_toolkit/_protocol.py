@@ -9,6 +9,7 @@ only send what is built here, so the two can never disagree about the API.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import simplejson
 
 from giftcard_toolkit import errors, models
 from giftcard_toolkit.cards import mask
+from giftcard_toolkit.rules import IDEMPOTENCY_KEY, is_money_amount
 
 T = TypeVar("T")
 APPROVED = ("000000", "000001")
@@ -52,6 +54,9 @@ class Call(Generic[T]):
     parse: Callable[[httpx.Response], T]
     retryable: bool  # a read, or carries an Idempotency-Key
     card: str | None = None  # masked, for messages and logs
+    # Calls with the same ``flight`` share one request while one is in flight (tokenizing
+    # a card: concurrent callers must not spend the card's wrong-code tries many times).
+    flight: str | None = None
 
     @property
     def label(self) -> str:
@@ -85,11 +90,9 @@ def entered_amount(text: str) -> Decimal | None:
     accept: finite, above zero, whole cents; else None, for the caller to say so."""
     try:
         amount = Decimal(text.strip())
-        if amount.is_finite() and amount > 0 and amount == amount.quantize(Decimal("0.01")):
-            return amount
     except InvalidOperation:
-        pass
-    return None
+        return None
+    return amount if is_money_amount(amount) else None
 
 
 def store_id(store: Any) -> str:
@@ -124,7 +127,7 @@ def _request(
 
 def idempotency_key(key: str) -> str:
     """``key`` if the contract allows it: 1 to 64 printable ASCII characters."""
-    if not isinstance(key, str) or not 1 <= len(key) <= 64 or not all(" " <= c <= "~" for c in key):
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY.match(key):
         raise errors.InvalidInput(
             "idempotency_key must be 1 to 64 printable ASCII characters, e.g. a UUID"
         )
@@ -153,7 +156,9 @@ def verify(settings: Settings) -> Call[models.Verification]:
     )
 
 
-def tokenize(settings: Settings, number: str, security_code: str) -> Call[models.Token]:
+def tokenize(
+    settings: Settings, number: str, security_code: str, flight: str | None = None
+) -> Call[models.Token]:
     # Neither a read nor keyed (a repeated wrong code counts twice towards the card's
     # lockout), so it is sent again only when it never reached the server.
     body = {"cardnumber": number, "securitycode": security_code}
@@ -162,6 +167,7 @@ def tokenize(settings: Settings, number: str, security_code: str) -> Call[models
         _parser(models.Token.parse),
         retryable=False,
         card=mask(number),
+        flight=flight,
     )
 
 
@@ -381,7 +387,10 @@ def _parser(
             if code == "999999":
                 raise errors.ServerError(f"system error: {description}", status=200, body=body)
             raise errors.DECLINES.get(code, errors.Declined)(code, description, body, card)
-        return build(body)
+        result = build(body)
+        if response.headers.get("idempotent-replayed", "").lower() == "true":
+            result = dataclasses.replace(result, replayed=True)  # type: ignore[type-var]
+        return result
 
     return parse
 
@@ -406,25 +415,28 @@ def retry_delay(
         return None
     if response is not None and response.status_code not in RETRY_STATUSES:
         return None
-    if error is not None and not isinstance(error, httpx.TransportError):
+    if error is not None and not isinstance(error, httpx.RequestError):
         return None
     return float(backoff * (2**attempt))
 
 
-def transport_error(call: Call[Any], error: httpx.TransportError) -> errors.TransportError:
-    """The toolkit's error for a failed send; the message never holds card data."""
+def transport_error(call: Call[Any], error: httpx.RequestError) -> errors.TransportError:
+    """The toolkit's error for a failed send or an unreadable answer (any
+    ``httpx.RequestError``); the message never holds card data."""
     what = type(error).__name__
-    if isinstance(error, httpx.ConnectError):
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
         return errors.ConnectError(
-            f"could not connect for {call.label} ({what}): is the server at "
-            f"{call.request.url.scheme}://{call.request.url.netloc.decode()} up?"
+            f"could not connect for {call.label} ({what}), so it was not applied: is the "
+            f"server at {call.request.url.scheme}://{call.request.url.netloc.decode()} up?"
         )
-    if isinstance(error, httpx.TimeoutException):
-        return errors.Timeout(
-            f"no answer in time for {call.label} ({what}); "
-            "a money-moving call is safe to retry with the same idempotency key"
-        )
-    return errors.TransportError(
-        f"{call.label} failed on the way ({what}); "
-        "a money-moving call is safe to retry with the same key"
+    may_have = (
+        "it may have been applied; send it again with the same idempotency key to "
+        "learn its outcome (a money-moving call is then never applied twice)"
     )
+    if isinstance(error, httpx.TimeoutException):
+        return errors.Timeout(f"no answer in time for {call.label} ({what}): {may_have}")
+    if isinstance(error, httpx.DecodingError):
+        return errors.TransportError(
+            f"the answer to {call.label} could not be decoded ({what}): {may_have}"
+        )
+    return errors.TransportError(f"{call.label} failed on the way ({what}): {may_have}")

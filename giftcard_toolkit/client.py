@@ -11,13 +11,18 @@ Safety with money:
 * money-moving calls always carry an ``Idempotency-Key`` (a new UUID unless you give one),
   so a retry after a lost answer can never apply twice;
 * only reads and calls with an ``Idempotency-Key`` are retried, after connect errors,
-  timeouts and 502/503/504, with exponential backoff;
+  timeouts, undecodable answers and 502/503/504, with exponential backoff; whatever fails
+  on the way ends as :class:`~giftcard_toolkit.errors.TransportError`, which says the call
+  may have been applied;
 * amounts are ``Decimal``; a float is refused.
 
 Cards: a :class:`~giftcard_toolkit.cards.Card` with a security code is tokenized once and
-its token reused until 30 s before it expires; a ``100007`` decline (token expired or
-unknown) re-tokenizes once and retries. A card without a security code travels
-``encrypted`` when a card key or cipher is configured. A plain string is taken as a token.
+its token reused until 30 s before it expires; concurrent calls for one card share one
+``/v1/Token`` request, and a wrong security code is sent once (never again by this
+client), so it cannot lock the card. A ``100007`` decline (token expired or unknown)
+re-tokenizes once and retries under the same Idempotency-Key. A card without a security
+code travels ``encrypted`` when a card key or cipher is configured. A plain string is
+taken as a token.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ import hmac
 import logging
 import os
 import secrets
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
+from concurrent.futures import Future
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -65,6 +72,58 @@ def _env_settings() -> dict[str, Any]:
     }
 
 
+class _Flights:
+    """Calls in flight by key, across threads: a caller arriving while one is in flight
+    waits for it and shares its outcome (result or error) instead of sending again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, Future[Any]] = {}
+
+    def run(self, key: str, call: Callable[[], T]) -> T:
+        with self._lock:
+            shared = self._running.get(key)
+            if shared is None:
+                mine: Future[Any] = Future()
+                self._running[key] = mine
+        if shared is not None:
+            return shared.result()  # type: ignore[no-any-return]
+        try:
+            result = call()
+        except BaseException as failed:
+            mine.set_exception(failed)
+            raise
+        finally:
+            with self._lock:
+                del self._running[key]
+        mine.set_result(result)
+        return result
+
+
+class _AsyncFlights:
+    """:class:`_Flights` for coroutines on one event loop."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, asyncio.Future[Any]] = {}
+
+    async def run(self, key: str, call: Callable[[], Awaitable[T]]) -> T:
+        shared = self._running.get(key)
+        if shared is not None:
+            return await asyncio.shield(shared)  # type: ignore[no-any-return]
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._running[key] = mine
+        try:
+            result = await call()
+        except BaseException as failed:
+            mine.set_exception(failed)
+            mine.exception()  # retrieved: no "never retrieved" warning when none waited
+            raise
+        finally:
+            del self._running[key]
+        mine.set_result(result)
+        return result
+
+
 class _Core:
     """What both clients share: settings, the token cache, and every operation's flow."""
 
@@ -76,7 +135,7 @@ class _Core:
         *,
         card_cipher: CardCipher | None = None,
         card_key: str | None = None,
-        retries: int = 3,
+        attempts: int = 3,
         backoff: float = 0.2,
     ) -> None:
         self._settings = _protocol.Settings.make(base_url, username, password)
@@ -87,15 +146,21 @@ class _Core:
             except ValueError as exc:
                 raise errors.ConfigurationError(f"GIFTCARD_CARD_KEY: {exc}") from None
         self._cipher = card_cipher
-        if retries < 1:
-            raise errors.ConfigurationError("retries counts attempts: at least 1")
-        self.attempts = retries
+        if attempts < 1:
+            raise errors.ConfigurationError("attempts counts sends of one call: at least 1")
+        self.attempts = attempts
         self.backoff = backoff
         # Tokens by a keyed digest of number and security code (the key is random per
         # client): the cache never holds a number or code, and a token obtained with the
         # right code is never handed out for a Card carrying a wrong one.
         self._cache_secret = secrets.token_bytes(32)
+        # Derived keys are keyed by the credentials: stable for this user on any machine,
+        # and no one without the password can test a guessed card number against one.
+        self._key_secret = hashlib.sha256(
+            b"giftcard_toolkit idempotency keys\0" + self._settings.authorization.encode()
+        ).digest()
         self._tokens: dict[str, models.Token] = {}
+        self._wrong_codes: dict[str, errors.WrongSecurityCode] = {}
 
     @property
     def base_url(self) -> str:
@@ -107,62 +172,85 @@ class _Core:
     # ----------------------------------------------------------- card flows
 
     def _card_field(
-        self, card: CardLike, renew: bool = False
-    ) -> Flow[tuple[dict[str, str], str, bool]]:
-        """(the request's card field, the card masked, whether a cached token was used)."""
+        self, card: CardLike, refused: str | None = None
+    ) -> Flow[tuple[dict[str, str], str]]:
+        """(the request's card field, the card masked). ``refused`` is a token the server
+        refused (100007): it is forgotten and the card tokenized again."""
         if isinstance(card, str):
-            return {"cardtoken": card}, "(token)", False
+            return {"cardtoken": card}, "(token)"
         if not isinstance(card, Card):
             raise errors.InvalidInput(
                 "card must be a Card(number, security_code), a demo card or a token string"
             )
         if card.security_code:
             key = self._token_key(card)
-            cached = self._tokens.get(key)
-            fresh = cached and cached.expires_at - RENEW_BEFORE > datetime.now(UTC)
-            if cached and fresh and not renew:
-                return {"cardtoken": cached.token}, card.masked, True
-            token: models.Token = yield _protocol.tokenize(
-                self._settings, card.number, card.security_code
-            )
-            self._tokens[key] = token
-            return {"cardtoken": token.token}, card.masked, True
+            if refused is not None:
+                cached = self._tokens.get(key)
+                if cached is not None and cached.token == refused:
+                    del self._tokens[key]
+            token = self._fresh_token(key)
+            if token is None:
+                token = yield _protocol.tokenize(
+                    self._settings, card.number, card.security_code, flight=key
+                )
+            return {"cardtoken": token.token}, card.masked
         if self._cipher is not None:
-            return {"encrypted": self._cipher.encrypt(card.number)}, card.masked, False
+            return {"encrypted": self._cipher.encrypt(card.number)}, card.masked
         raise errors.ConfigurationError(
             f"card {card.masked} has no security code and no card key is configured: give "
             "Card(number, security_code) or set GIFTCARD_CARD_KEY"
         )
 
+    def derived_key(self, material: str) -> str:
+        """A deterministic digest of ``material`` (e.g. a bulk file's row) to build an
+        Idempotency-Key from: the same for this user on every run, revealing nothing of
+        the material (which may hold a card number)."""
+        return hmac.new(self._key_secret, material.encode(), hashlib.sha256).hexdigest()
+
     def _token_key(self, card: Card) -> str:
         material = f"{card.number}:{card.security_code}".encode()
         return hmac.new(self._cache_secret, material, hashlib.sha256).hexdigest()
 
+    def _fresh_token(self, key: str) -> models.Token | None:
+        """The card's cached token while it has 30 s left; raises the card's remembered
+        wrong-code decline (a printed code never becomes right: it is never resent)."""
+        wrong = self._wrong_codes.get(key)
+        if wrong is not None:
+            raise wrong
+        cached = self._tokens.get(key)
+        if cached is not None and cached.expires_at - RENEW_BEFORE > datetime.now(UTC):
+            return cached
+        return None
+
+    def _keep_token(self, key: str, outcome: models.Token | BaseException) -> models.Token:
+        """Remember a tokenization's outcome for the card's later calls; raise a failure."""
+        if isinstance(outcome, errors.WrongSecurityCode):
+            self._wrong_codes[key] = outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._tokens[key] = outcome
+        return outcome
+
     def _with_card(
-        self, card: CardLike, build: Callable[[dict[str, str], str, bool], Call[T]]
+        self, card: CardLike, build: Callable[[dict[str, str], str], Call[T]]
     ) -> Flow[T]:
         """Send a call about a card; on ``100007`` re-tokenize once and send it again.
 
-        ``build`` gets ``retry=True`` for the second call, so a money-moving call can take
-        a fresh Idempotency-Key: its body differs (a new token) and the declined first
-        attempt moved nothing.
+        The second call keeps the first one's Idempotency-Key: a ``100007`` applied nothing
+        and the server keeps no answer for it, while a first attempt that *was* applied
+        (its answer lost, its token refused since) is recognised by the card and replayed.
         """
-        field, masked, cached = yield from self._card_field(card)
+        field, masked = yield from self._card_field(card)
         try:
-            result: T = yield build(field, masked, False)
+            result: T = yield build(field, masked)
             return result
         except errors.TokenInvalid:
             if not isinstance(card, Card) or not card.security_code:
                 raise
             log.debug("token for %s refused (100007): tokenizing again", masked)
-            field, masked, _ = yield from self._card_field(card, renew=True)
-            retried: T = yield build(field, masked, True)
+            field, masked = yield from self._card_field(card, refused=field["cardtoken"])
+            retried: T = yield build(field, masked)
             return retried
-
-    @staticmethod
-    def _key(key: str | None, retry: bool) -> str:
-        key = key or _protocol.new_idempotency_key()
-        return hashlib.sha256(f"{key}:renewed".encode()).hexdigest()[:40] if retry else key
 
     # ---------------------------------------------------------- operations
 
@@ -184,7 +272,7 @@ class _Core:
     def _balance_flow(self, card: CardLike) -> Flow[models.Balance]:
         return (
             yield from self._with_card(
-                card, lambda field, masked, _: _protocol.balance(self._settings, field, masked)
+                card, lambda field, masked: _protocol.balance(self._settings, field, masked)
             )
         )
 
@@ -203,7 +291,7 @@ class _Core:
         return (
             yield from self._with_card(
                 card,
-                lambda field, masked, retry: _protocol.load(
+                lambda field, masked: _protocol.load(
                     self._settings,
                     field,
                     masked,
@@ -211,7 +299,7 @@ class _Core:
                     amount=value,
                     store=store_id,
                     pos_ref=pos_ref,
-                    key=self._key(key, retry),
+                    key=key,
                 ),
             )
         )
@@ -230,7 +318,7 @@ class _Core:
         return (
             yield from self._with_card(
                 card,
-                lambda field, masked, retry: _protocol.redeem(
+                lambda field, masked: _protocol.redeem(
                     self._settings,
                     field,
                     masked,
@@ -238,7 +326,7 @@ class _Core:
                     store=store_id,
                     pos_ref=pos_ref,
                     accept_partial=accept_partial,
-                    key=self._key(key, retry),
+                    key=key,
                 ),
             )
         )
@@ -250,13 +338,13 @@ class _Core:
         return (
             yield from self._with_card(
                 card,
-                lambda field, masked, retry: _protocol.change_status(
+                lambda field, masked: _protocol.change_status(
                     self._settings,
                     field,
                     masked,
                     active=active,
                     reason=reason,
-                    key=self._key(key, retry),
+                    key=key,
                 ),
             )
         )
@@ -322,6 +410,7 @@ class GiftCardClient(_Core):
     ) -> None:
         super().__init__(base_url, username, password, **options)
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._flights = _Flights()
 
     @classmethod
     def from_env(cls, **options: Any) -> GiftCardClient:
@@ -337,11 +426,28 @@ class GiftCardClient(_Core):
         self._http.close()
 
     def _send(self, call: Call[T]) -> T:
+        key = call.flight
+        if key is None:
+            return self._attempt(call)
+
+        def tokenize() -> Any:
+            fresh = self._fresh_token(key)
+            if fresh is not None:
+                return fresh
+            try:
+                token = self._attempt(call)
+            except errors.GiftCardError as failed:
+                return self._keep_token(key, failed)
+            return self._keep_token(key, token)  # type: ignore[arg-type]
+
+        return self._flights.run(key, tokenize)  # type: ignore[no-any-return]
+
+    def _attempt(self, call: Call[T]) -> T:
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
                 response = self._http.send(call.request)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
                 if delay is None:
                     raise _protocol.transport_error(call, exc) from None
@@ -458,6 +564,7 @@ class AsyncGiftCardClient(_Core):
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport, limits=limits)
+        self._flights = _AsyncFlights()
 
     @classmethod
     def from_env(cls, **options: Any) -> AsyncGiftCardClient:
@@ -473,11 +580,28 @@ class AsyncGiftCardClient(_Core):
         await self._http.aclose()
 
     async def _send(self, call: Call[T]) -> T:
+        key = call.flight
+        if key is None:
+            return await self._attempt(call)
+
+        async def tokenize() -> Any:
+            fresh = self._fresh_token(key)
+            if fresh is not None:
+                return fresh
+            try:
+                token = await self._attempt(call)
+            except errors.GiftCardError as failed:
+                return self._keep_token(key, failed)
+            return self._keep_token(key, token)  # type: ignore[arg-type]
+
+        return await self._flights.run(key, tokenize)  # type: ignore[no-any-return]
+
+    async def _attempt(self, call: Call[T]) -> T:
         for attempt in range(self.attempts):
             started = time.perf_counter()
             try:
                 response = await self._http.send(call.request)
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
                 if delay is None:
                     raise _protocol.transport_error(call, exc) from None

@@ -105,7 +105,8 @@ class IdempotencyConflict(_HttpProblem):
 
 
 class IdempotencyMismatch(_HttpProblem):
-    """422: this Idempotency-Key was used for a different request; use a new key."""
+    """422: this Idempotency-Key was used for a different request, which may have been
+    applied: check the card or the batch before sending this one under a new key."""
 
 
 class ServerError(_HttpProblem):

@@ -174,6 +174,9 @@ class Load:
     store: Store
     at: datetime | None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The server answered an Idempotency-Key it had seen: this is the first attempt's
+    # answer again, and nothing moved now.
+    replayed: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Load:
@@ -200,6 +203,9 @@ class Redemption:
     store: Store
     at: datetime | None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The server answered an Idempotency-Key it had seen: this is the first attempt's
+    # answer again, and nothing moved now.
+    replayed: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Redemption:
@@ -224,6 +230,9 @@ class StatusChange:
     balance: Decimal
     active: bool
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The server answered an Idempotency-Key it had seen: this is the first attempt's
+    # answer again, and nothing moved now.
+    replayed: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> StatusChange:
@@ -282,6 +291,9 @@ class Batch:
     net: Decimal
     transactions: tuple[Transaction, ...] = field(default=(), repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The server answered an Idempotency-Key it had seen: this is the first attempt's
+    # answer again, and nothing moved now.
+    replayed: bool = field(default=False, compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any], store_id: str, store_name: str) -> Batch:

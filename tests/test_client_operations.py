@@ -268,7 +268,7 @@ def test_from_env_names_what_is_missing(monkeypatch, server):
 
 def test_connection_refused_is_a_clear_transport_error():
     with (
-        GiftCardClient("http://127.0.0.1:9", "u", "p", retries=2, backoff=0.01) as gc,
+        GiftCardClient("http://127.0.0.1:9", "u", "p", attempts=2, backoff=0.01) as gc,
         pytest.raises(errors.ConnectError, match="is the server at"),
     ):
         gc.health()

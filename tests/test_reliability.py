@@ -35,7 +35,7 @@ def test_sigkill_during_redeems_loses_no_approval(tmp_path, capsys):
         lock = threading.Lock()
 
         def redeemer(card) -> None:
-            with GiftCardClient(url, *AUTH, retries=1, timeout=5) as gc:
+            with GiftCardClient(url, *AUTH, attempts=1, timeout=5) as gc:
                 while True:
                     try:
                         answer = gc.redeem(card, "0.10", card.store_id)
@@ -163,7 +163,7 @@ def test_lost_answers_through_a_proxy_are_applied_exactly_once(capsys):
                 f"http://127.0.0.1:{proxy.port}",
                 srv.username,
                 srv.password,
-                retries=8,
+                attempts=8,
                 backoff=0.005,
             ) as gc,
         ):
