@@ -4,6 +4,9 @@
 the embedded server; errors are in ``giftcard_toolkit.errors``, results in ``models``.
 """
 
+import importlib
+from typing import Any
+
 from giftcard_toolkit import errors, models
 from giftcard_toolkit.cards import AesGcmCardCipher, Card, CardCipher
 from giftcard_toolkit.client import AsyncGiftCardClient, GiftCardClient
@@ -21,6 +24,22 @@ from giftcard_toolkit.models import (
 )
 
 __version__ = "0.1.0"
+
+# The wings' modules, importable from the top as before (``from giftcard_toolkit import
+# bulk``), loaded only when asked for: the client alone needs no widgets.
+_WINGS = {
+    "audit": "giftcard_toolkit.ops.audit",
+    "bulk": "giftcard_toolkit.ops.bulk",
+    "forms": "giftcard_toolkit.ops.forms",
+    "operations": "giftcard_toolkit.ops.operations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WINGS:
+        return importlib.import_module(_WINGS[name])
+    raise AttributeError(f"module 'giftcard_toolkit' has no attribute {name!r}")
+
 
 __all__ = [
     "AesGcmCardCipher",

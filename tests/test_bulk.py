@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import json
 from decimal import Decimal
 
 import httpx
 import polars as pl
 import pytest
+from serverkit import UNKNOWN_CARD
 
 from giftcard_toolkit import GiftCardClient, audit, bulk
 
@@ -99,7 +101,10 @@ def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, t
     ):
         bulk.run(gc, path, concurrency=1, progress=False)
     journal = tmp_path / "fixes.csv.journal"
-    assert len(journal.read_text().splitlines()) == 12
+    events = [json.loads(line)["event"] for line in journal.read_text().splitlines()]
+    assert events.count("done") == 12, "the 12 answered rows"
+    assert events.count("sending") >= 13, "and the one whose answer the crash lost"
+    assert journal.stat().st_mode & 0o777 == 0o600
     log = tmp_path / "audit.jsonl"
     with GiftCardClient(server.url, server.username, server.password) as gc:
         results = bulk.run(gc, path, concurrency=4, audit_log=log, progress=False)
@@ -168,15 +173,126 @@ def test_declines_are_results_not_failures(server, tmp_path):
     assert results.filter(pl.col("operation") == "sell")["host_ref"][0]
 
 
-def test_a_journal_from_another_file_is_refused(server, tmp_path):
-    (card,) = _unsold(server, 1)
-    row = ["balance", card.number, card.security_code, "", "", "", ""]
-    first = _write(tmp_path / "a.csv", [row])
-    second = _write(tmp_path / "b.csv", [row, row])
+class LoseAnswers(httpx.HTTPTransport):
+    """A proxy that loses the answers to the first ``lose`` requests on ``path``: each one
+    reaches the server and is applied, and the client sees the connection drop."""
+
+    def __init__(self, lose: int, path: str = "/Transaction/reload", skip: int = 0) -> None:
+        super().__init__()
+        self.lose, self.path, self.skip = lose, path, skip
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path != self.path:
+            return response
+        if self.skip > 0:
+            self.skip -= 1
+        elif self.lose > 0:
+            self.lose -= 1
+            response.read()
+            raise httpx.RemoteProtocolError("connection dropped", request=request)
+        return response
+
+
+def _sold(server, count: int, amount: str = "10") -> list:
+    cards = _unsold(server, count)
     with GiftCardClient(server.url, server.username, server.password) as gc:
-        bulk.run(gc, first, journal=tmp_path / "j.journal", progress=False)
-        with pytest.raises(bulk.BulkFileError, match="another file"):
-            bulk.run(gc, second, journal=tmp_path / "j.journal", progress=False)
+        for card in cards:
+            gc.sell(card, amount, card.store_id)
+    return cards
+
+
+def _balances(server, cards) -> list[Decimal]:
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        return [gc.balance(c).balance for c in cards]
+
+
+def test_lost_answers_are_sent_again_with_the_same_key_and_reported_as_replays(server, tmp_path):
+    cards = _sold(server, 6)
+    rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", "fix"] for c in cards]
+    path = _write(tmp_path / "fixes.csv", rows)
+    with GiftCardClient(
+        server.url, server.username, server.password, transport=LoseAnswers(4), attempts=1
+    ) as gc:
+        first = bulk.run(gc, path, concurrency=1, progress=False)
+    assert first["status"].to_list() == ["error"] * 4 + ["approved"] * 2
+    assert all("may have been applied" in d for d in first["description"][:4])
+    assert _balances(server, cards) == [Decimal("13.00")] * 6, "the lost four were applied"
+    for _ in range(2):  # every rerun: the four answered as replays, nothing moved again
+        with GiftCardClient(server.url, server.username, server.password) as gc:
+            again = bulk.run(gc, path, progress=False)
+        assert again["status"].to_list() == ["approved"] * 6
+        assert again["replayed"].to_list() == [True] * 4 + [False] * 2
+        assert again["idempotency_key"].to_list() == first["idempotency_key"].to_list()
+        assert again["new_balance"].to_list() == [Decimal("13.00")] * 6
+    assert _balances(server, cards) == [Decimal("13.00")] * 6
+
+
+def test_mending_a_declined_row_sends_only_that_row_with_old_or_new_journal(server, tmp_path):
+    cards = _sold(server, 5)
+    rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", ""] for c in cards]
+    typo_row = ["reload", UNKNOWN_CARD, cards[4].security_code, "3.00", cards[4].store_id, "", ""]
+    path = _write(tmp_path / "fixes.csv", rows[:4] + [typo_row])
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        first = bulk.run(gc, path, progress=False)
+        assert first["status"].to_list() == ["approved"] * 4 + ["declined"]
+        _write(path, rows)  # the typo mended
+        mended = bulk.run(gc, path, progress=False)
+        assert mended["status"].to_list() == ["approved"] * 5
+        assert mended["replayed"].to_list() == [False] * 5, "the four were not sent again"
+        (tmp_path / "fixes.csv.journal").unlink()  # even a new journal applies nothing twice
+        fresh = bulk.run(gc, path, progress=False)
+    assert fresh["replayed"].to_list() == [True] * 5
+    assert mended["idempotency_key"][:4].to_list() == first["idempotency_key"][:4].to_list()
+    assert _balances(server, cards) == [Decimal("13.00")] * 5
+
+
+def test_a_row_of_unknown_outcome_that_changed_is_refused_until_restored(server, tmp_path):
+    cards = _sold(server, 3)
+    rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", ""] for c in cards]
+    path = _write(tmp_path / "fixes.csv", rows)
+    with GiftCardClient(
+        server.url,
+        server.username,
+        server.password,
+        transport=LoseAnswers(1, skip=2),
+        attempts=1,
+    ) as gc:
+        partial = bulk.run(gc, path, concurrency=1, progress=False)
+    assert partial["status"].to_list() == ["approved", "approved", "error"]
+    _write(path, [*rows[:2], [*rows[2][:3], "30.00", *rows[2][4:]]])  # "fixing" the lost row
+    before = _ledger_rows(server)
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        with pytest.raises(bulk.BulkFileError, match="line 4: reload .*outcome is unknown") as no:
+            bulk.run(gc, path, progress=False)
+        assert "Restore it" in str(no.value) and cards[2].number not in str(no.value)
+        assert _ledger_rows(server) == before, "nothing was sent"
+        _write(path, rows)  # restored
+        restored = bulk.run(gc, path, progress=False)
+    assert restored["status"].to_list() == ["approved"] * 3
+    assert restored["replayed"].to_list() == [False, False, True]
+    assert _balances(server, cards) == [Decimal("13.00")] * 3
+
+
+def test_a_rows_key_depends_on_that_row_alone(server, tmp_path):
+    cards = _unsold(server, 3)
+    store = server.stores[0].id
+    rows = [["reload", c.number, c.security_code, "3.00", store, "", ""] for c in cards]
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        keys = [
+            f.key for f in bulk.validate(_write(tmp_path / "a.csv", rows), True, gc.derived_key)
+        ]
+        changed = [rows[0], [*rows[1][:3], "4.00", *rows[1][4:]], rows[2], rows[2]]
+        again = [
+            f.key for f in bulk.validate(_write(tmp_path / "b.csv", changed), True, gc.derived_key)
+        ]
+        with GiftCardClient(server.url, "clerk", "clerk-password") as other:
+            theirs = bulk.validate(tmp_path / "a.csv", True, other.derived_key)
+    assert again[0] == keys[0] and again[2] == keys[2], "unchanged rows keep their keys"
+    assert again[1] != keys[1], "an edited row gets its own new key"
+    assert len(set(again)) == 4, "identical rows are told apart by their place among them"
+    assert [f.key for f in theirs] != keys, "keys are the user's own"
+    assert not any(c.number in k or c.number[-8:] in k for c in cards for k in keys)
 
 
 def test_missing_columns_are_named(tmp_path):

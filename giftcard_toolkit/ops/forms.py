@@ -23,9 +23,10 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from giftcard_toolkit import _protocol, errors, models
-from giftcard_toolkit.audit import AuditLog
+from giftcard_toolkit import _protocol, models
 from giftcard_toolkit.cards import Card, card_number_problem, mask, security_code_problem
+from giftcard_toolkit.ops import operations
+from giftcard_toolkit.ops.audit import AuditLog
 
 TITLES = {
     "balance": "Balance",
@@ -219,86 +220,66 @@ class OperationForm(widgets.VBox):
 
     def _send(self, request: _Reviewed) -> None:
         self._set_busy(True)
-        record: dict[str, Any] = {
-            "outcome": "error",
-            "statuscode": None,
-            "host_ref": None,
-            "description": None,
-        }
         try:
-            message, record = self._apply(request)
-        except errors.Declined as declined:
-            record.update(
-                outcome="declined", statuscode=declined.statuscode, description=declined.description
-            )
-            message = f"Declined: {declined.description.lower()}"
-            if isinstance(declined, errors.InsufficientFunds) and declined.balance is not None:
-                message += f", card holds {_money(declined.balance)}"
-        except errors.GiftCardError as failed:
-            record.update(description=str(failed))
-            message = f"Not done: {failed}"
+            outcome = operations.apply(self.client, self._operation(request))
         finally:
             self._set_busy(False)
             self._show_confirmation(False)
-        self.output.value = html.escape(message)
+        self.output.value = html.escape(self._message(request, outcome))
         if self.audit is not None:
             self.audit.record(
                 user=getattr(self.client, "username", "?"),
                 operation=self.operation,
+                outcome=outcome.status,
                 card=request.card,
                 amount=request.amount,
                 store_id=request.store.id if request.store else None,
+                host_ref=outcome.host_ref,
+                statuscode=outcome.statuscode,
+                description=outcome.description,
                 idempotency_key=None if self.operation == "balance" else request.key,
-                **record,
             )
 
-    def _apply(self, request: _Reviewed) -> tuple[str, dict[str, Any]]:
-        gc, card, key = self.client, request.card, request.key
-        done = {"outcome": "approved", "statuscode": "000000", "description": "Success"}
-        if self.operation == "balance":
-            balance: models.Balance = gc.balance(card)
-            state = "active" if balance.active else "not usable"
-            return (
-                f"Card {mask(card.number)} holds {_money(balance.balance)} ({state})",
-                {**done, "host_ref": None},
-            )
-        if self.operation == "status":
-            change: models.StatusChange = gc.change_status(
-                card, bool(request.active), request.reason or "", idempotency_key=key
-            )
-            verb = "unblocked" if change.active else "blocked"
-            return (
-                f"Done: card {change.card} {verb}; it holds {_money(change.balance)}",
-                {**done, "host_ref": None},
-            )
-        assert request.amount is not None and request.store is not None
-        if self.operation == "redeem":
-            redemption: models.Redemption = gc.redeem(
-                card,
-                request.amount,
-                request.store,
-                accept_partial=self.accept_partial.value,
-                idempotency_key=key,
-            )
-            how = "Partially approved" if redemption.partial else "Approved"
-            return (
-                f"{how}: redeemed {_money(redemption.approved)} from {redemption.card}; "
-                f"it holds {_money(redemption.new_balance)}",
-                {
-                    **done,
-                    "host_ref": redemption.host_ref,
-                    "outcome": "partial" if redemption.partial else "approved",
-                    "statuscode": "000001" if redemption.partial else "000000",
-                },
-            )
-        send = gc.sell if self.operation == "sell" else gc.reload
-        load: models.Load = send(card, request.amount, request.store, idempotency_key=key)
-        verb = "sold" if self.operation == "sell" else "reloaded"
-        return (
-            f"Approved: {verb} {load.card} for {_money(request.amount)}; "
-            f"it holds {_money(load.balance)}",
-            {**done, "host_ref": load.host_ref},
+    def _operation(self, request: _Reviewed) -> operations.Operation:
+        name = self.operation
+        if name == "status":
+            name = "unblock" if request.active else "block"
+        return operations.Operation(
+            name,
+            request.card,
+            amount=request.amount,
+            store=request.store,
+            reason=request.reason,
+            accept_partial=self.accept_partial.value,
+            key=request.key,
         )
+
+    def _message(self, request: _Reviewed, outcome: operations.Outcome) -> str:
+        """The outcome in plain words."""
+        masked = mask(request.card.number)
+        if outcome.status == "declined":
+            message = f"Declined: {(outcome.description or '').lower()}"
+            if outcome.balance is not None:
+                message += f", card holds {_money(outcome.balance)}"
+            return message
+        if outcome.status in ("rejected", "error"):
+            return f"Not done: {outcome.description}"
+        held = _money(outcome.balance or Decimal(0))
+        again = " (this request had been applied already: nothing moved twice)"
+        replayed = again if outcome.replayed else ""
+        if self.operation == "balance":
+            state = "active" if outcome.active else "not usable"
+            return f"Card {masked} holds {held} ({state})"
+        if self.operation == "status":
+            verb = "unblocked" if outcome.active else "blocked"
+            return f"Done: card {masked} {verb}; it holds {held}{replayed}"
+        if self.operation == "redeem":
+            how = "Partially approved" if outcome.status == "partial" else "Approved"
+            moved = _money(outcome.moved or Decimal(0))
+            return f"{how}: redeemed {moved} from {masked}; it holds {held}{replayed}"
+        verb = "sold" if self.operation == "sell" else "reloaded"
+        amount = _money(request.amount or Decimal(0))
+        return f"Approved: {verb} {masked} for {amount}; it holds {held}{replayed}"
 
 
 def _form(
