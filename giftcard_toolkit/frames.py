@@ -11,7 +11,8 @@ Ways in:
   and awaited), with a progress bar across stores and pages;
 * ``batches_frame(batches)`` / ``transactions_frame(batches)``: from ``models.Batch``;
 * ``from_json(envelopes)``: straight from ``GET /Batch`` answers as the server sends them,
-  parsed by polars itself (fast: millions of rows a second);
+  parsed by polars itself (fast: millions of rows a second) when they are in the
+  contract's field names throughout, else by the tolerant ``models``;
 * ``read(path)``: a Parquet or CSV file written by ``write``.
 """
 
@@ -21,8 +22,9 @@ import inspect
 import io
 import json
 import re
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Generator, Iterable, Sequence
 from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +196,42 @@ _CONTRACT_KEYS = (
 )
 _KEY = re.compile(r'"([A-Za-z]+)"\s*:')
 
+# What the fast path must have read for its frames to be believed. A field that is always
+# there, or an object, spelled otherwise than the contract (a production server's
+# ``HostRef``) is read by polars as a null, or as a row that is then dropped: the first is
+# looked for below, the second counted.
+_BATCH_REQUIRED = (
+    "store_id",
+    "status",
+    "opened_at",
+    "transaction_count",
+    "sold",
+    "reloaded",
+    "redeemed",
+    "net",
+)
+_TRANSACTION_REQUIRED = (
+    "type",
+    "card_last4",
+    "amount",
+    "previous_balance",
+    "new_balance",
+    "at",
+    "username",
+)
+# A field the contract lets be null or absent is believed null only when no text holds its
+# key in another letter case (looked for only then: a scan of the text).
+_BATCH_OPTIONAL = {
+    "store_name": "storename",
+    "closed_at": "closed",
+    "_transactions": "transactions",
+}
+_TRANSACTION_OPTIONAL = {"card_ref": "cardref", "pos_ref": "posref"}
+_OTHER_SPELLING = {
+    key: re.compile(rb'"(?i:' + key.encode() + rb')(?<!"' + key.encode() + rb')"\s*:')
+    for key in ("storename", "batches", "closed", "transactions", "cardref", "posref")
+}
+
 
 _ISO_FORMAT = "%Y-%m-%dT%H:%M:%S%.f%:z"  # what servers send; parsed far faster when named
 
@@ -207,29 +245,91 @@ def from_json(envelopes: bytes | str | Iterable[bytes | str]) -> tuple[pl.DataFr
     """(batches, transactions) from ``GET /Batch`` answers, as the server sent them.
 
     Answers in the contract's field names are read by polars in one pass; any other
-    spelling (a production server's ``HostRef``), or an amount that is not a whole number
-    of cents, goes through the tolerant, exact models instead.
+    spelling (a production server's ``HostRef``) anywhere in them, or an amount that is not
+    a whole number of cents, sends all of them through the tolerant, exact models instead.
     """
     texts = [envelopes] if isinstance(envelopes, bytes | str) else list(envelopes)
     raw = [t.encode() if isinstance(t, str) else t for t in texts]
     if not raw:
         return _empty(BATCH_SCHEMA), _empty(TRANSACTION_SCHEMA)
-    if not all(_speaks_contract(r) for r in raw):
-        parsed = [b for r in raw for b in models.parse_batches(json.loads(r))]
-        return batches_frame(parsed), transactions_frame(parsed)
+    if all(_speaks_contract(r) for r in raw):  # a quick first look: only the first keys
+        read = _read_contract(raw)
+        if read is not None:
+            return read
+    return _read_tolerant(raw)
+
+
+def _read_tolerant(raw: Sequence[bytes]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The frames of ``raw`` read by ``models``: any letter case, money exact."""
+    parsed = [b for r in raw for b in models.parse_batches(json.loads(r, parse_float=Decimal))]
+    return batches_frame(parsed), transactions_frame(parsed)
+
+
+def _read_contract(raw: Sequence[bytes]) -> tuple[pl.DataFrame, pl.DataFrame] | None:
+    """The frames of ``raw`` read by polars in the contract's field names, or None when
+    anything in them was not read whole (another spelling, an inexact amount)."""
     lines = b"\n".join(r.replace(b"\n", b" ") for r in raw)
     envelope = pl.read_ndjson(io.BytesIO(lines), schema=_JSON_ENVELOPE)
     try:
         collected = pl.collect_all(_json_frames(envelope, named_format=True))
     except pl.exceptions.PolarsError:  # a time in another ISO 8601 layout: infer it
         collected = pl.collect_all(_json_frames(envelope, named_format=False))
+    batch_frame, tx_frame = collected
+    if not _read_whole(raw, envelope, batch_frame, tx_frame):
+        return None
     money = [("sold", "reloaded", "redeemed", "net"), ("amount", "previous_balance", "new_balance")]
     if not all(
         _cents_exact(frame, columns) for frame, columns in zip(collected, money, strict=True)
     ):
-        parsed = [b for r in raw for b in models.parse_batches(json.loads(r))]
-        return batches_frame(parsed), transactions_frame(parsed)
-    return conform(collected[0], BATCH_SCHEMA), conform(collected[1], TRANSACTION_SCHEMA)
+        return None
+    return conform(batch_frame, BATCH_SCHEMA), conform(tx_frame, TRANSACTION_SCHEMA)
+
+
+def _read_whole(
+    raw: Sequence[bytes], envelope: pl.DataFrame, batch_frame: pl.DataFrame, tx_frame: pl.DataFrame
+) -> bool:
+    """Whether polars read every object and field of ``raw`` that the tolerant reader would.
+
+    Polars reads a key spelled otherwise than the contract as absent: every object must
+    have come through (counted before any row was dropped), every field the contract
+    always sends must be there, and a null in a field it may leave out is believed only
+    when no answer holding that row spells the key in another letter case.
+    """
+    ok = pl.col("statuscode") == "000000"
+    no_status, no_store, batches_sent = envelope.select(
+        pl.col("statuscode").null_count(),
+        pl.col("franchiseeid").filter(ok).null_count(),
+        pl.col("batches").list.len().filter(ok).sum(),
+    ).row(0)
+    if no_status or no_store or batches_sent != batch_frame.height:
+        return False
+    if (batch_frame["_transactions"].sum() or 0) != tx_frame.height:
+        return False
+    batch_nulls = batch_frame.null_count().row(0, named=True)
+    tx_nulls = tx_frame.null_count().row(0, named=True)
+    if any(batch_nulls[c] for c in _BATCH_REQUIRED) or any(
+        tx_nulls[c] for c in _TRANSACTION_REQUIRED
+    ):
+        return False
+    # Optional fields that came out null: the answers holding such a row, by their index.
+    suspects: list[tuple[str, set[int]]] = []
+    for column, key in ("storename", "storename"), ("batches", "batches"):
+        rows = envelope.select(pl.arg_where(ok & pl.col(column).is_null()))
+        if rows.height:
+            suspects.append((key, set(rows.to_series().to_list())))
+    stores = envelope["franchiseeid"].str.to_lowercase().to_list()
+    for frame, nulls, optional in (
+        (batch_frame, batch_nulls, _BATCH_OPTIONAL),
+        (tx_frame, tx_nulls, _TRANSACTION_OPTIONAL),
+    ):
+        for column, key in optional.items():
+            missing = pl.col(column).is_null()
+            if column == "closed_at":  # an open batch has no closing time in any spelling
+                missing &= pl.col("status") == "closed"
+            held = set(frame.filter(missing)["store_id"].to_list()) if nulls[column] else set()
+            if held:
+                suspects.append((key, {i for i, s in enumerate(stores) if s in held}))
+    return not any(_OTHER_SPELLING[key].search(raw[i]) for key, rows in suspects for i in rows)
 
 
 def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFrame]:
@@ -258,6 +358,7 @@ def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFram
         pl.col("reloadedamount").alias("reloaded"),
         pl.col("redeemedamount").alias("redeemed"),
         pl.col("netamount").alias("net"),
+        pl.col("transactions").list.len().alias("_transactions"),  # read, before any filter
     )
     tx_frame = (
         batches.select(
@@ -299,7 +400,11 @@ def _cents_exact(frame: pl.DataFrame, columns: Sequence[str]) -> bool:
 
 
 def _speaks_contract(raw: bytes) -> bool:
-    """Whether an envelope uses the contract's own field names (checked on its first keys)."""
+    """Whether an envelope's first keys are the contract's own field names.
+
+    Only a quick first look, to send an answer in another spelling straight to the
+    tolerant reader; ``_read_whole`` checks what polars read of the rest.
+    """
     head = raw[:400].decode("utf-8", "ignore")
     keys = set(_KEY.findall(head))
     return bool(keys) and keys <= _CONTRACT_KEYS
@@ -329,13 +434,14 @@ def fetch(
         total=len(store_list), desc="fetching batches", unit="store", disable=not progress
     ) as bar:
         for store in store_list:
-            until_page = until
-            while True:
-                page = client.batches(store, since=since, until=until_page, limit=PAGE)
-                until_page = _next_page(found, page)
-                bar.set_postfix(batches=len(found))
-                if until_page is None:
-                    break
+            pages = _pages(found, store, since, until)
+            try:
+                ask = next(pages)
+                while True:
+                    ask = pages.send(client.batches(**ask))
+            except StopIteration:
+                pass
+            bar.set_postfix(batches=len(found))
             bar.update(1)
     return batches_frame(found), transactions_frame(found)
 
@@ -353,14 +459,29 @@ async def _fetch_async(
         total=len(store_list), desc="fetching batches", unit="store", disable=not progress
     ) as bar:
         for store in store_list:
-            until_page = until
-            while True:
-                page = await client.batches(store, since=since, until=until_page, limit=PAGE)
-                until_page = _next_page(found, page)
-                if until_page is None:
-                    break
+            pages = _pages(found, store, since, until)
+            try:
+                ask = next(pages)
+                while True:
+                    ask = pages.send(await client.batches(**ask))
+            except StopIteration:
+                pass
+            bar.set_postfix(batches=len(found))
             bar.update(1)
     return batches_frame(found), transactions_frame(found)
+
+
+def _pages(
+    found: list[models.Batch], store: Any, since: date | None, until: date | None
+) -> Generator[dict[str, Any], list[models.Batch], None]:
+    """One store's paging, written once for both clients: yields the arguments of each
+    ``batches()`` call, receives its page, adds new batches to ``found``."""
+    until_page = until
+    while True:
+        page = yield {"store": store, "since": since, "until": until_page, "limit": PAGE}
+        until_page = _next_page(found, page)
+        if until_page is None:
+            return
 
 
 def _next_page(found: list[models.Batch], page: list[models.Batch]) -> date | None:

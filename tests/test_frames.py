@@ -140,3 +140,186 @@ def test_times_in_other_iso_layouts_are_read_too(demo):
     assert from_zulu.sort("host_ref").equals(
         txs.filter(pl.col("store_id") == store).sort("host_ref")
     )
+
+
+# ------------------------------------------------- other spellings past the first keys
+
+
+# The contract's keys as a production server spells them.
+_PRODUCTION_NAMES = (
+    "StatusCode Description FranchiseeId StoreName Batches BatchId Status Opened Closed "
+    "TransactionCount SoldAmount ReloadedAmount RedeemedAmount NetAmount Transactions "
+    "HostRef Type CardNo CardRef Amount PreviousBalance NewBalance PosRef DateTime UserName"
+)
+_PASCAL = {name.lower(): name for name in _PRODUCTION_NAMES.split()}
+
+
+def _pascal(value):
+    """``value`` with every key as a production server spells it (``HostRef``), recursively."""
+    if isinstance(value, dict):
+        return {_PASCAL[k.lower()]: _pascal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pascal(v) for v in value]
+    return value
+
+
+def _dumps(envelope) -> bytes:
+    import simplejson
+
+    return simplejson.dumps(envelope, use_decimal=True, separators=(",", ":")).encode()
+
+
+def _store_frames(demo, raw: bytes):
+    _, batches, txs, _ = demo
+    store = json.loads(raw)["franchiseeid"]
+    return (
+        batches.filter(pl.col("store_id") == store).sort("batch_id"),
+        txs.filter(pl.col("store_id") == store).sort("host_ref"),
+    )
+
+
+def test_a_late_pascalcase_transaction_is_read_not_dropped(demo):
+    _, _, txs, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+    first = envelope["batches"][0]
+    assert len(first["transactions"]) == 14
+    first["transactions"][13] = _pascal(first["transactions"][13])
+    envelope["batches"] = [first]
+    text = _dumps(envelope)
+    assert text.index(b'"HostRef"') > 400
+
+    _, got = frames.from_json(text)
+
+    expected = txs.filter(
+        (pl.col("store_id") == envelope["franchiseeid"]) & (pl.col("batch_id") == first["batchid"])
+    )
+    assert got.height == 14
+    assert got.sort("host_ref").equals(expected.sort("host_ref"))
+    late = got.filter(pl.col("host_ref") == first["transactions"][13]["HostRef"])
+    assert late["amount"].to_list() == [first["transactions"][13]["Amount"]]
+    assert late["new_balance"].to_list() == [first["transactions"][13]["NewBalance"]]
+
+
+def test_a_late_pascalcase_batch_is_read_not_dropped(demo):
+    _, _, _, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+    envelope["batches"][5] = _pascal(envelope["batches"][5])
+    text = _dumps(envelope)
+    assert text.index(b'"BatchId"') > 400
+
+    got_batches, got_txs = frames.from_json(text)
+
+    batches, txs = _store_frames(demo, raw[0])
+    assert got_batches.sort("batch_id").equals(batches)
+    assert got_txs.sort("host_ref").equals(txs)
+
+
+def test_a_late_envelope_with_other_spellings_is_read_not_dropped(demo):
+    _, batches, txs, raw = demo
+    envelope = json.loads(raw[2], parse_float=Decimal)
+    # The batches first, the envelope's own fields last and in PascalCase.
+    late = {"batches": envelope.pop("batches"), **_pascal(envelope)}
+    text = _dumps(late)
+    assert text.index(b'"StatusCode"') > 400 and text.index(b'"FranchiseeId"') > 400
+
+    got_batches, got_txs = frames.from_json([raw[0], raw[1], text])
+
+    key = ["store_id", "batch_id"]
+    assert got_batches.sort(key).equals(batches.sort(key))
+    assert got_txs.sort("host_ref").equals(txs.sort("host_ref"))
+
+
+@pytest.mark.parametrize(
+    ("level", "key", "spelled", "column"),
+    [
+        ("transaction", "posref", "PosRef", "pos_ref"),
+        ("transaction", "cardref", "CardRef", "card_ref"),
+        ("batch", "closed", "Closed", "closed_at"),
+    ],
+)
+def test_an_optional_field_spelled_otherwise_in_a_late_row_keeps_its_value(
+    demo, level, key, spelled, column
+):
+    _, _, _, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+    batch = envelope["batches"][40]
+    target = batch["transactions"][-1] if level == "transaction" else batch
+    if key == "posref":
+        target[key] = "till-7"  # a value of its own, unlike any other row's
+    target[spelled] = target.pop(key)
+    text = _dumps(envelope)
+    assert text.index(spelled.encode()) > 400
+
+    got_batches, got_txs = frames.from_json(text)
+
+    batches, txs = _store_frames(demo, raw[0])
+    if level == "transaction":
+        host_ref = target["hostRef"]
+        row = got_txs.filter(pl.col("host_ref") == host_ref)
+        assert row[column].to_list() == [target[spelled]]
+        others = got_txs.filter(pl.col("host_ref") != host_ref).sort("host_ref")
+        assert others.equals(txs.filter(pl.col("host_ref") != host_ref))
+    else:
+        assert got_batches.sort("batch_id").equals(batches)
+        assert got_txs.sort("host_ref").equals(txs)
+
+
+def test_contract_spelled_answers_stay_on_the_fast_path(demo, monkeypatch):
+    _, batches, txs, raw = demo
+
+    def tolerant_reader(*_args, **_kwargs):
+        raise AssertionError("the fast path was abandoned for contract-spelled answers")
+
+    monkeypatch.setattr(frames.models, "parse_batches", tolerant_reader)
+    # Open batches (``"closed": null``) and a null ``posref`` are nulls the contract allows.
+    envelope = json.loads(raw[1], parse_float=Decimal)
+    envelope["batches"][3]["transactions"][2]["posref"] = None
+    pos_ref_null = envelope["batches"][3]["transactions"][2]["hostRef"]
+    got_batches, got_txs = frames.from_json([raw[0], _dumps(envelope), raw[2]])
+
+    key = ["store_id", "batch_id"]
+    assert got_batches.sort(key).equals(batches.sort(key))
+    assert got_batches["closed_at"].null_count() == 3
+    expected = txs.with_columns(
+        pos_ref=pl.when(pl.col("host_ref") == pos_ref_null).then(None).otherwise("pos_ref")
+    )
+    assert got_txs.sort("host_ref").equals(expected.sort("host_ref"))
+
+
+def test_amounts_beyond_float_precision_are_read_exactly():
+    envelope = {
+        "statuscode": "000000",
+        "description": "Success",
+        "franchiseeid": "914488e3-37a3-41dd-b52a-1cf76a7021fa",
+        "storename": "Big",
+        "batches": [
+            {
+                "batchid": "1",
+                "status": "closed",
+                "opened": "2026-09-29T08:00:00.000000+00:00",
+                "closed": "2026-09-29T23:45:00.000000+00:00",
+                "transactioncount": 1,
+                "soldamount": Decimal("1234567890123456.78"),
+                "reloadedamount": Decimal("0.00"),
+                "redeemedamount": Decimal("0.00"),
+                "netamount": Decimal("1234567890123456.78"),
+                "transactions": [
+                    {
+                        "hostRef": "1",
+                        "type": "sale",
+                        "cardno": "************9861",
+                        "cardref": "8f6957c1f586affa",
+                        "amount": Decimal("1234567890123456.78"),
+                        "previousbalance": Decimal("0.00"),
+                        "newbalance": Decimal("1234567890123456.78"),
+                        "posref": "POS-1",
+                        "datetime": "2026-09-29T08:16:37.000000+00:00",
+                        "username": "clerk",
+                    }
+                ],
+            }
+        ],
+    }
+    got_batches, got_txs = frames.from_json(_dumps(envelope))
+    assert got_txs["amount"].to_list() == [Decimal("1234567890123456.78")]
+    assert got_batches["net"].to_list() == [Decimal("1234567890123456.78")]
