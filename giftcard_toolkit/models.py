@@ -134,7 +134,20 @@ class Balance:
     activated_at: datetime | None
     last_used_at: datetime | None
     expires_at: datetime | None
+    # The server's pseudonym of the card, as batch rows carry it (None if not sent).
+    card_ref: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def state(self) -> str:
+        """``active``, ``unsold`` (never activated), ``expired`` or ``blocked``."""
+        if self.active:
+            return "active"
+        if self.activated_at is None:
+            return "unsold"
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
+            return "expired"
+        return "blocked"
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Balance:
@@ -146,6 +159,7 @@ class Balance:
             activated_at=f.time("activated"),
             last_used_at=f.time("lastused"),
             expires_at=f.time("expire"),
+            card_ref=f.get("cardref"),
             extra=_rest(f),
         )
 

@@ -40,6 +40,7 @@ _AUDIT_COLUMNS: dict[str, Any] = {
     "statuscode": pl.String,
     "description": pl.String,
     "idempotency_key": pl.String,
+    "case_id": pl.String,  # the card case (ops.cases) a step belongs to
 }
 AUDIT_SCHEMA = pl.Schema(_AUDIT_COLUMNS)
 # 12 to 19 digits, possibly grouped by spaces or dashes: anything that could be a card number.
@@ -71,6 +72,11 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
+    @classmethod
+    def of(cls, log: str | Path | AuditLog | None) -> AuditLog | None:
+        """``log`` as an AuditLog: a path opens one, a log or None is taken as it is."""
+        return log if isinstance(log, AuditLog) or log is None else cls(log)
+
     def record(
         self,
         *,
@@ -85,6 +91,7 @@ class AuditLog:
         statuscode: str | None = None,
         description: str | None = None,
         idempotency_key: str | None = None,
+        case_id: str | None = None,
         at: datetime | None = None,
     ) -> dict[str, Any]:
         """Append one record; answers it as written (money as an exact decimal string)."""
@@ -107,6 +114,7 @@ class AuditLog:
             "statuscode": statuscode,
             "description": None if description is None else scrub(description),
             "idempotency_key": idempotency_key,
+            "case_id": case_id,
         }
         line = (json.dumps(entry, ensure_ascii=False) + "\n").encode()
         with self._lock:
@@ -119,11 +127,14 @@ class AuditLog:
         return entry
 
 
-def read(path: str | Path) -> pl.DataFrame:
-    """The audit log as a frame of ``AUDIT_SCHEMA`` (empty if there is no log yet)."""
+def read(path: str | Path, case_id: str | None = None) -> pl.DataFrame:
+    """The audit log as a frame of ``AUDIT_SCHEMA`` (empty if there is no log yet), in the
+    order written; with ``case_id``, that case's steps only."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pl.DataFrame(schema=AUDIT_SCHEMA)
+    if case_id is not None:
+        return read(path).filter(pl.col("case_id") == case_id)
     loose = {
         k: (pl.String if k in ("at", "amount", "outcome") else v) for k, v in AUDIT_SCHEMA.items()
     }

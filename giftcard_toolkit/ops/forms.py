@@ -288,7 +288,7 @@ def _form(
     audit_log: str | Path | AuditLog | None,
     stores: list[models.Store] | None,
 ) -> OperationForm:
-    log = AuditLog(audit_log) if isinstance(audit_log, str | Path) else audit_log
+    log = AuditLog.of(audit_log)
     return OperationForm(client, operation, audit_log=log, stores=stores)
 
 
@@ -336,7 +336,7 @@ def ops_console(
     client: Any, audit_log: str | Path | AuditLog | None = "audit.jsonl"
 ) -> widgets.Tab:
     """Every form in one Tab, sharing one audit log and the user's stores (one verify)."""
-    log = AuditLog(audit_log) if isinstance(audit_log, str | Path) else audit_log
+    log = AuditLog.of(audit_log)
     stores = list(client.verify().stores)
     forms = [OperationForm(client, op, audit_log=log, stores=stores) for op in TITLES]
     tab = widgets.Tab(children=forms)

@@ -946,6 +946,7 @@ class Ledger:
                 "activated": self.time_text(card["activated_at"]),
                 "lastused": self.time_text(card["last_used_at"]),
                 "expire": self.time_text(card["expires_at"]),
+                "cardref": card["cardref"],
             }
         )
 

@@ -138,6 +138,10 @@ class BalanceApproved(_Open):
     activated: Time | None
     lastused: Time | None
     expire: Time | None
+    cardref: str = Field(
+        pattern=r"^[0-9a-f]{16}$",
+        description="The card's stable pseudonym, as batch rows carry it",
+    )
 
 
 class LoadApproved(_Open):
