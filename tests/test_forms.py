@@ -132,9 +132,10 @@ def test_ops_console_offers_only_the_users_stores(server):
     with GiftCardClient(server.url, "clerk", "clerk-password") as clerk:
         console = forms.ops_console(clerk, audit_log=None)
     assert isinstance(console, widgets.Tab)
-    assert [console.get_title(i) for i in range(5)] == list(forms.TITLES.values())
-    sell = console.children[1]
-    assert [store.id for _, store in sell.store.options] == [server.stores[0].id]
+    titles = [console.get_title(i) for i in range(len(console.children))]
+    assert titles == ["Card", *forms.TITLES.values()]
+    for form in console.children[:3]:  # the Card tab, Balance, Sell
+        assert [store.id for _, store in form.store.options] == [server.stores[0].id]
 
 
 def test_buttons_are_disabled_while_a_request_is_in_flight(server, gc):
@@ -155,3 +156,134 @@ def test_buttons_are_disabled_while_a_request_is_in_flight(server, gc):
     form.confirm.click()
     assert seen == [(True, True)]
     assert not form.confirm.disabled, "enabled again afterwards"
+
+
+# ------------------------------------------------------------------ the Card tab
+
+
+def _sold_now(server, gc, amount="40.00"):
+    card = _unsold(server)
+    gc.sell(card, amount, card.store_id)
+    return card
+
+
+def _look_up(form, card):
+    form.card_number.value = card.number
+    form.security_code.value = card.security_code
+    form.lookup.click()
+
+
+def _store_of(form, card):
+    return next(s for _, s in form.store.options if s.id == card.store_id)
+
+
+def test_card_tab_shows_the_cards_state_and_history_masked(server, gc):
+    card = _sold_now(server, gc, "40.00")
+    gc.redeem(card, "15.00", card.store_id)
+    form = forms.card_form(gc)
+    _look_up(form, card)
+    assert form.card_number.value == "" and form.security_code.value == "", "cleared"
+    assert f"Card ************{card.last4} holds $25.00; active" in form.summary.value
+    assert "activated" in form.summary.value and "expires" in form.summary.value
+    assert form.history.value.count("<tr>") == 3  # the header, the sale, the redemption
+    assert "redeem" in form.history.value and "$15.00" in form.history.value
+    assert len(form.transaction.options) == 2
+    for shown in (form.summary.value, form.history.value, str(form.transaction.options)):
+        assert card.number not in shown
+
+
+def test_card_tab_refuses_a_bad_card_beside_the_field(server, gc):
+    form = forms.card_form(gc)
+    form.card_number.value = "1234"
+    form.security_code.value = "12"
+    form.lookup.click()
+    assert "16 digits" in form.problems["card_number"].value
+    assert form.problems["security_code"].value
+    assert form.summary.value == ""
+
+
+def test_card_tab_replaces_a_card_after_confirmation_once(server, gc, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    old = _sold_now(server, gc, "40.00")
+    new = _unsold(server)
+    form = forms.card_form(gc, audit_log=log)
+    _look_up(form, old)
+    form.action.value = "replace"
+    form.new_card_number.value = new.number
+    form.new_security_code.value = new.security_code
+    form.store.value = _store_of(form, old)
+    form.reason.value = "customer lost it"
+    before = _ledger_rows(server)
+    form.submit.click()
+    assert "Please confirm" in form.confirmation.value and new.last4 in form.confirmation.value
+    assert new.number not in form.confirmation.value
+    assert form.new_card_number.value == "", "the new card's fields are cleared too"
+    assert _ledger_rows(server) == before, "nothing before Confirm"
+    form.confirm.click()
+    form.confirm.click()
+    assert _ledger_rows(server) == before + 2, "take and give, once"
+    assert form.output.value.startswith("Done: moved $40.00 from ************")
+    assert gc.balance(new).balance == Decimal("40.00")
+    assert gc.balance(old).state == "blocked" and "blocked" in form.summary.value
+    steps = audit.read(log)
+    assert steps["case_id"].n_unique() == 1 and steps.height == 3
+
+
+def test_card_tab_reverses_a_picked_transaction_and_refuses_a_second_time(server, gc):
+    card = _sold_now(server, gc, "50.00")
+    charged = gc.redeem(card, "20.00", card.store_id)
+    form = forms.card_form(gc)
+    _look_up(form, card)
+    form.action.value = "reverse"
+    form.transaction.value = next(
+        row for _, row in form.transaction.options if row["host_ref"] == charged.host_ref
+    )
+    form.store.value = _store_of(form, card)
+    form.reason.value = "charged twice"
+    form.submit.click()
+    assert f"Reverse redeem {charged.host_ref} of $20.00" in form.confirmation.value
+    form.confirm.click()
+    assert form.output.value.startswith(f"Done: redeem {charged.host_ref} reversed")
+    assert gc.balance(card).balance == Decimal("50.00")
+    form.transaction.value = next(
+        row for _, row in form.transaction.options if row["host_ref"] == charged.host_ref
+    )
+    form.reason.value = "again"
+    form.submit.click()
+    form.confirm.click()
+    assert gc.balance(card).balance == Decimal("50.00"), "reversed once only"
+
+
+def test_card_tab_adjusts_and_says_what_is_wrong(server, gc):
+    card = _sold_now(server, gc, "50.00")
+    form = forms.card_form(gc)
+    _look_up(form, card)
+    form.action.value = "adjust"
+    form.amount.value = "-45.001"
+    form.reason.value = ""
+    form.submit.click()
+    assert "at most 2 decimals" in form.problems["amount"].value
+    assert form.problems["reason"].value
+    form.amount.value = "-45.00"
+    form.reason.value = "loaded 50, not 5"
+    form.store.value = _store_of(form, card)
+    form.submit.click()
+    assert "by -$45.00" in form.confirmation.value
+    form.confirm.click()
+    assert "holds $5.00" in form.output.value
+    assert gc.balance(card).balance == Decimal("5.00")
+
+
+def test_card_tab_blocks_and_unblocks(server, gc, tmp_path):
+    card = _sold_now(server, gc, "10.00")
+    log = tmp_path / "audit.jsonl"
+    form = forms.card_form(gc, audit_log=log)
+    _look_up(form, card)
+    for action, state in (("block", "blocked"), ("unblock", "active")):
+        form.action.value = action
+        form.reason.value = "customer called"
+        form.submit.click()
+        form.confirm.click()
+        assert form.output.value.startswith(f"Done: card ************{card.last4} {action}ed")
+        assert gc.balance(card).state == state and state in form.summary.value
+    assert audit.read(log)["operation"].to_list() == ["block", "unblock"]
