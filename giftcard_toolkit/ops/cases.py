@@ -422,8 +422,8 @@ def reverse(
         return _reversal(case, card, tx, mine[0]["host_ref"], balance.balance)
     if earlier:
         raise case.fail(
-            f"hostRef {host_ref} was reversed already (by hostRef {earlier[0]['host_ref']} on "
-            f"{earlier[0]['at']:%Y-%m-%d}); nothing was sent"
+            f"hostRef {host_ref} was reversed already (by hostRef {earlier[0]['host_ref']}); "
+            "nothing was sent"
         )
     amount, name = Decimal(tx["amount"]), _OPPOSITE[tx["type"]]
     if name == "redeem" and balance.balance < amount:
