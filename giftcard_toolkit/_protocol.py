@@ -22,8 +22,8 @@ import httpx
 import simplejson
 
 from giftcard_toolkit import errors, models
-from giftcard_toolkit.cards import mask
-from giftcard_toolkit.rules import IDEMPOTENCY_KEY, is_money_amount
+from giftcard_toolkit.cards import mask, scrub
+from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, IDEMPOTENCY_KEY, is_money_amount
 
 T = TypeVar("T")
 APPROVED = ("000000", "000001")
@@ -96,10 +96,16 @@ def entered_amount(text: str) -> Decimal | None:
 
 
 def store_id(store: Any) -> str:
+    """A store's id from a ``Store`` or a GUID string; anything else is refused before
+    sending, naming what was given (a card number given by mistake shown masked)."""
     value = getattr(store, "id", store)
-    if not isinstance(value, str) or not value:
-        raise errors.InvalidInput("store must be a store id (GUID string) or a Store")
-    return value
+    if isinstance(value, str) and GUID.match(value.strip()):
+        return value.strip().lower()
+    shown = repr(value) if not isinstance(value, str) else repr(scrub(value)[:60])
+    raise errors.InvalidInput(
+        f"store {shown} is not a store: give a Store (from verify().stores) or its id, a "
+        f"GUID like {GUID_EXAMPLE}"
+    )
 
 
 # ------------------------------------------------------------------ building

@@ -101,6 +101,15 @@ def mask(number: str) -> str:
     return "*" * 12 + last4
 
 
+# 12 to 19 digits, possibly grouped by spaces or dashes: anything that could be a card number.
+CARD_LIKE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])")
+
+
+def scrub(text: str) -> str:
+    """``text`` with anything shaped like a card number masked to its last four digits."""
+    return CARD_LIKE.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
+
+
 @dataclass(frozen=True)
 class Card:
     """A gift card as printed: its number and (optionally) its security code.

@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from giftcard_toolkit import scratch
 from giftcard_toolkit.client import GiftCardClient
 from giftcard_toolkit.models import Store
 
@@ -21,6 +23,16 @@ class Session:
     server: Any = None
     stores: list[Store] = field(default_factory=list)
     _stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, repr=False)
+    _workdir: Path | None = field(default=None, repr=False)
+
+    @property
+    def workdir(self) -> Path:
+        """A scratch folder for this session's own files (an audit log, a bulk file):
+        removed when the session closes, or at the latest when its process ends."""
+        if self._workdir is None:
+            self._workdir = scratch.folder("session")
+            self._stack.callback(scratch.remove, self._workdir)
+        return self._workdir
 
     @property
     def demo_cards(self) -> list[Any]:

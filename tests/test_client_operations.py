@@ -243,9 +243,10 @@ async def test_wrong_credentials_raise_authentication_error(server):
 
 
 async def test_request_rejected_names_the_fields(gc, server):
+    card = next(c for c in server.card_stock if c.sold)
     with pytest.raises(errors.RequestRejected) as rejected:
-        await do(gc.batches("not-a-guid"))
-    assert "storeid" in rejected.value.errors
+        await do(gc.reload(card, "5.00", card.store_id, pos_ref="x" * 101))
+    assert list(rejected.value.errors) == ["PosRef"]
 
 
 def test_from_env_names_what_is_missing(monkeypatch, server):

@@ -23,7 +23,7 @@ from typing import Any
 
 import polars as pl
 
-from giftcard_toolkit.cards import Card, mask
+from giftcard_toolkit.cards import CARD_LIKE, Card, mask, scrub
 from giftcard_toolkit.frames import MONEY, TIME
 
 OUTCOMES = ("approved", "partial", "declined", "rejected", "error")
@@ -43,13 +43,6 @@ _AUDIT_COLUMNS: dict[str, Any] = {
     "case_id": pl.String,  # the card case (ops.cases) a step belongs to
 }
 AUDIT_SCHEMA = pl.Schema(_AUDIT_COLUMNS)
-# 12 to 19 digits, possibly grouped by spaces or dashes: anything that could be a card number.
-_CARD_LIKE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])")
-
-
-def scrub(text: str) -> str:
-    """``text`` with anything shaped like a card number masked to its last four digits."""
-    return _CARD_LIKE.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
 
 
 def _card_text(card: Card | str | None) -> str | None:
@@ -57,7 +50,7 @@ def _card_text(card: Card | str | None) -> str | None:
         return None
     if isinstance(card, Card):
         return card.masked
-    return mask(re.sub(r"[ -]", "", card)) if _CARD_LIKE.fullmatch(card) else scrub(card)
+    return mask(re.sub(r"[ -]", "", card)) if CARD_LIKE.fullmatch(card) else scrub(card)
 
 
 @dataclass

@@ -30,11 +30,11 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from giftcard_toolkit.rules import GUID, GUID_EXAMPLE
 from giftcard_toolkit.server import schemas
 from giftcard_toolkit.server.auth import REALM, Authenticator, User
 from giftcard_toolkit.server.fields import (
     DATE,
-    GUID,
     Fields,
     InvalidRequest,
     idempotency_key,
@@ -255,6 +255,15 @@ _IDEMPOTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: _problem_doc("Idempotency-Key reused with another body"),
 }
 StoreId = Annotated[str, Path(pattern=GUID.pattern, description="The store's id (GUID)")]
+# What a malformed path or query parameter is told, in the words of the other messages.
+_PLAIN_PARAMETERS = {
+    "storeid": f"storeid must be a store id GUID like {GUID_EXAMPLE}",
+    "status": "status must be open, closed or all",
+    "from": "from must be a date as YYYY-MM-DD, e.g. 2026-09-30",
+    "to": "to must be a date as YYYY-MM-DD, e.g. 2026-09-30",
+    "limit": "limit must be a whole number from 1 to 1000",
+    "includetransactions": "includetransactions must be true or false",
+}
 _SYSTEM_ERROR = {"model": schemas.Decline, "description": "System error (statuscode 999999)"}
 
 
@@ -297,7 +306,9 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         errors: dict[str, list[str]] = {}
         for error in exc.errors():
             name = str(error["loc"][-1]) if error.get("loc") else "request"
-            errors.setdefault(name, []).append(f"{name}: {error.get('msg', 'invalid value')}")
+            plain = _PLAIN_PARAMETERS.get(name) or f"{name}: {error.get('msg', 'invalid value')}"
+            if plain not in errors.get(name, []):
+                errors.setdefault(name, []).append(plain)
         return problem(400, "One or more validation errors occurred.", errors=errors)
 
     @app.exception_handler(WriterStopped)

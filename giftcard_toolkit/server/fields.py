@@ -22,7 +22,7 @@ from giftcard_toolkit.cards import (
     normalize_card_number,
     security_code_problem,
 )
-from giftcard_toolkit.rules import GUID, IDEMPOTENCY_KEY
+from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, IDEMPOTENCY_KEY
 from giftcard_toolkit.server.ledger import CardRef
 
 DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
@@ -168,7 +168,7 @@ class Fields:
             return None
         if not GUID.match(value):
             self.fail(
-                name, f"{name} must be a store id GUID like 3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f"
+                name, f"{name} must be a store id GUID like {GUID_EXAMPLE}"
             )
             return None
         return value.lower()
@@ -226,7 +226,7 @@ def query_date(value: str | None, name: str) -> date | None:
 def path_guid(value: str, name: str = "storeid") -> str:
     if not GUID.match(value):
         raise InvalidRequest(
-            {name: [f"{name} must be a store id GUID like 3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f"]}
+            {name: [f"{name} must be a store id GUID like {GUID_EXAMPLE}"]}
         )
     return value.lower()
 

@@ -11,7 +11,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from zoneinfo import ZoneInfo
 import uvicorn
 from fastapi import FastAPI
 
+from giftcard_toolkit import scratch
 from giftcard_toolkit.cards import AesGcmCardCipher
 from giftcard_toolkit.server.app import create_app
 from giftcard_toolkit.server.ledger import Clock, Ledger, Limits, Store, utc_now
@@ -60,7 +60,7 @@ class RunningServer:
 
 _templates: dict[tuple[int, date, str], Path] = {}
 _templates_lock = threading.Lock()
-_template_dir: tempfile.TemporaryDirectory[str] | None = None
+_template_dir: Path | None = None
 
 
 def _demo_from_template(
@@ -74,8 +74,8 @@ def _demo_from_template(
         template = _templates.get(key)
         if template is None:
             if _template_dir is None:
-                _template_dir = tempfile.TemporaryDirectory(prefix="giftcard-templates-")
-            template = Path(_template_dir.name) / f"demo-{len(_templates)}.sqlite"
+                _template_dir = scratch.folder("templates")
+            template = _template_dir / f"demo-{len(_templates)}.sqlite"
             seeded, _ = open_demo(template, seed_number, as_of, tz=tz, durable=False)
             seeded.close()
             _templates[key] = template
@@ -138,8 +138,8 @@ def running(
     an empty database with no users. ``clock`` drives token expiry, batches and card
     expiry, so tests move time instead of sleeping.
     """
-    with tempfile.TemporaryDirectory(prefix="giftcard-server-") as tmp:
-        path = Path(db_path) if db_path else Path(tmp) / "giftcard.sqlite"
+    with scratch.scratch("server") as tmp:
+        path = Path(db_path) if db_path else tmp / "giftcard.sqlite"
         options: dict[str, object] = {"clock": clock, "limits": limits}
         demo: DemoData | None = None
         if seed == "demo":
