@@ -18,6 +18,18 @@ from giftcard_toolkit.server.seed import DemoCard
 UNKNOWN_CARD = "600600000000000" + luhn_check_digit("600600000000000")
 
 
+class Recording(httpx.HTTPTransport):
+    """A real transport that keeps every request it sent (to assert what left, or not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
 class MovableClock:
     """An injectable clock: tests move time instead of sleeping."""
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from serverkit import MovableClock
+from serverkit import MovableClock, Recording
 
-from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, errors
+from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, Token, errors
 from giftcard_toolkit.cards import luhn_check_digit
 from giftcard_toolkit.server import running
 
@@ -224,8 +224,9 @@ def test_an_expired_token_is_renewed_once_and_the_call_retried():
             clock.advance(minutes=11)  # the server's clock says the token has expired
             assert gc.redeem(card, 5, card.store_id).new_balance == 15
             assert counting.tokenized == 2
+            stale = Token("1234567890123456", datetime.now(UTC) + timedelta(minutes=5))
             with pytest.raises(errors.TokenInvalid):
-                gc.balance("1234567890123456")  # a bare token string is not renewed
+                gc.balance(stale)  # a token given as such is not renewed: no card to renew it
 
 
 PASCAL_BALANCE = {
@@ -327,13 +328,14 @@ def test_production_dialect_parses():
         (store,) = verified.stores
         assert store.id == "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f" and store.name == "Main"
         assert store.extra == {"Region": "west"}
-        balance = gc.balance("1111222233334444")
+        token = Token("1111222233334444", datetime.now(UTC) + timedelta(minutes=10))
+        balance = gc.balance(token)
         assert balance.balance == Decimal("25.00") and balance.card_last4 == "4759"
         assert balance.activated_at.utcoffset() == timedelta(hours=-4)
         assert balance.activated_at.microsecond == 54167
         assert balance.extra == {"LoyaltyTier": "gold"}
         redemption = gc.redeem(
-            "1111222233334444", 10, "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f", accept_partial=True
+            token, 10, "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f", accept_partial=True
         )
         assert redemption.partial and redemption.approved == Decimal("4.2")
         assert redemption.host_ref == "H-991" and redemption.extra == {"TerminalId": 7}
@@ -414,16 +416,6 @@ def test_a_cached_token_is_not_given_to_a_wrong_security_code(server):
         with pytest.raises(errors.WrongSecurityCode):
             gc.balance(wrong)
         assert gc.balance(card).balance == 5
-
-
-class Recording(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(request)
-        return super().handle_request(request)
 
 
 def test_requests_carry_exact_money_keys_and_tokens_only(server):

@@ -11,20 +11,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serverkit import Recording
 
 from giftcard_toolkit import GiftCardClient, errors, scratch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Recording(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(request)
-        return super().handle_request(request)
 
 
 # ------------------------------------------------------------------ store ids
