@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from decimal import Decimal
 
 import httpx
@@ -108,11 +109,18 @@ def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, t
     log = tmp_path / "audit.jsonl"
     with GiftCardClient(server.url, server.username, server.password) as gc:
         results = bulk.run(gc, path, concurrency=4, audit_log=log, progress=False)
-        # A third run finds everything done and sends nothing.
-        assert bulk.run(gc, path, progress=False).equals(results)
+        # A third run finds everything done and sends nothing: every row already applied.
+        third = bulk.run(gc, path, progress=False)
         balances = {gc.balance(c).balance for c in cards}
+    assert third["status"].to_list() == ["already applied"] * 60
+    assert all("earlier run" in d for d in third["description"])
+    assert third.drop("status", "description").equals(results.drop("status", "description"))
     assert results.height == 60 and results["line"].to_list() == list(range(2, 62))
-    assert set(results["status"]) == {"approved"}
+    # The 12 journalled rows and the one whose answer the crash lost (replayed now) were
+    # applied by the first run; the other 47 now.
+    assert Counter(results["status"]) == {"approved": 47, "already applied": 13}
+    earlier = results.filter(pl.col("status") == "already applied")
+    assert earlier["replayed"].sum() == 1
     assert balances == {Decimal("12.50")}, "each sale and each redeem applied exactly once"
     assert _ledger_rows(server) == before + 60
     with GiftCardClient(server.url, server.username, server.password) as gc:
@@ -143,8 +151,10 @@ def test_dry_run_checks_cards_and_moves_nothing(server, tmp_path):
     before = _ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         checked = bulk.run(gc, path, dry_run=True, progress=False)
-    assert checked["status"].to_list() == ["checked"] * 3
-    assert checked["new_balance"].to_list() == [Decimal("0.00")] * 3
+    # Predicted, not just checked: a never-sold card can be neither redeemed nor blocked.
+    assert checked["status"].to_list() == ["checked", "would be declined", "would be declined"]
+    assert checked["statuscode"].to_list() == ["000000", "100002", "100002"]
+    assert checked["new_balance"].to_list() == [Decimal("10.00"), Decimal("0.00"), Decimal("0.00")]
     assert _ledger_rows(server) == before
     assert not (tmp_path / "fixes.csv.journal").exists()
 
@@ -221,7 +231,7 @@ def test_lost_answers_are_sent_again_with_the_same_key_and_reported_as_replays(s
     for _ in range(2):  # every rerun: the four answered as replays, nothing moved again
         with GiftCardClient(server.url, server.username, server.password) as gc:
             again = bulk.run(gc, path, progress=False)
-        assert again["status"].to_list() == ["approved"] * 6
+        assert again["status"].to_list() == ["already applied"] * 6
         assert again["replayed"].to_list() == [True] * 4 + [False] * 2
         assert again["idempotency_key"].to_list() == first["idempotency_key"].to_list()
         assert again["new_balance"].to_list() == [Decimal("13.00")] * 6
@@ -238,10 +248,11 @@ def test_mending_a_declined_row_sends_only_that_row_with_old_or_new_journal(serv
         assert first["status"].to_list() == ["approved"] * 4 + ["declined"]
         _write(path, rows)  # the typo mended
         mended = bulk.run(gc, path, progress=False)
-        assert mended["status"].to_list() == ["approved"] * 5
+        assert mended["status"].to_list() == ["already applied"] * 4 + ["approved"]
         assert mended["replayed"].to_list() == [False] * 5, "the four were not sent again"
         (tmp_path / "fixes.csv.journal").unlink()  # even a new journal applies nothing twice
         fresh = bulk.run(gc, path, progress=False)
+    assert fresh["status"].to_list() == ["already applied"] * 5
     assert fresh["replayed"].to_list() == [True] * 5
     assert mended["idempotency_key"][:4].to_list() == first["idempotency_key"][:4].to_list()
     assert _balances(server, cards) == [Decimal("13.00")] * 5
@@ -269,7 +280,7 @@ def test_a_row_of_unknown_outcome_that_changed_is_refused_until_restored(server,
         assert _ledger_rows(server) == before, "nothing was sent"
         _write(path, rows)  # restored
         restored = bulk.run(gc, path, progress=False)
-    assert restored["status"].to_list() == ["approved"] * 3
+    assert restored["status"].to_list() == ["already applied"] * 3
     assert restored["replayed"].to_list() == [False, False, True]
     assert _balances(server, cards) == [Decimal("13.00")] * 3
 
@@ -300,3 +311,75 @@ def test_missing_columns_are_named(tmp_path):
     path.write_text("operation,card_number\nbalance,6006491234567897\n")
     with pytest.raises(bulk.BulkFileError, match="missing column"):
         bulk.validate(path)
+
+
+def test_a_journal_from_before_amounts_were_keyed_in_cents_keeps_its_keys(server, tmp_path):
+    cards = _sold(server, 2)
+    rows = [["reload", c.number, c.security_code, "3", c.store_id, "", ""] for c in cards]
+    path = _write(tmp_path / "fixes.csv", rows)
+    journal = tmp_path / "fixes.csv.journal"
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        fixes = bulk.validate(path, True, gc.derived_key)
+        resaved = bulk.validate(
+            _write(tmp_path / "resaved.csv", [[*r[:3], "3.00", *r[4:]] for r in rows]),
+            True,
+            gc.derived_key,
+        )
+        assert [f.key for f in resaved] == [f.key for f in fixes], "3 and 3.00: one key"
+        assert [f.legacy_key for f in resaved] == [None, None]
+        assert all(f.legacy_key not in (None, f.key) for f in fixes)
+        # An earlier version's run: line 2 applied and journalled, line 3 sent and its
+        # answer lost, both under the keys of that version.
+        done = gc.reload(cards[0], "3", cards[0].store_id, idempotency_key=fixes[0].legacy_key)
+        gc.reload(cards[1], "3", cards[1].store_id, idempotency_key=fixes[1].legacy_key)
+        old = [
+            {"event": "sending", "line": 2, "operation": "reload", "card": cards[0].masked,
+             "amount": "3", "idempotency_key": fixes[0].legacy_key},
+            {"event": "done", "line": 2, "operation": "reload", "card": cards[0].masked,
+             "status": "approved", "statuscode": "000000", "description": "Success",
+             "host_ref": done.host_ref, "new_balance": "13.00", "replayed": False,
+             "idempotency_key": fixes[0].legacy_key},
+            {"event": "sending", "line": 3, "operation": "reload", "card": cards[1].masked,
+             "amount": "3", "idempotency_key": fixes[1].legacy_key},
+        ]  # fmt: skip
+        journal.write_text("".join(json.dumps(e) + "\n" for e in old))
+        results = bulk.run(gc, path, progress=False)
+    assert results["status"].to_list() == ["already applied"] * 2
+    assert results["replayed"].to_list() == [False, True]
+    assert results["idempotency_key"].to_list() == [f.legacy_key for f in fixes]
+    assert _balances(server, cards) == [Decimal("13.00")] * 2, "nothing applied twice"
+
+
+class ChecksWriteAhead(httpx.HTTPTransport):
+    """Notes every money-moving request whose ``sending`` line is not yet in the journal."""
+
+    def __init__(self, journal) -> None:
+        super().__init__()
+        self.journal, self.unjournalled, self.seen = journal, [], 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and request.url.path.startswith("/Transaction/"):
+            self.seen += 1
+            lines = [json.loads(t) for t in self.journal.read_text().splitlines()]
+            if {"event": "sending", "key": key} not in [
+                {"event": e["event"], "key": e["idempotency_key"]} for e in lines
+            ]:
+                self.unjournalled.append(key)
+        return super().handle_request(request)
+
+
+def test_each_row_is_journalled_before_it_is_sent_and_every_outcome_by_the_end(server, tmp_path):
+    cards = _sold(server, 24)
+    rows = [["reload", c.number, c.security_code, "1.00", c.store_id, "", ""] for c in cards]
+    rows += [["redeem", c.number, c.security_code, "2.00", c.store_id, "", ""] for c in cards]
+    path = _write(tmp_path / "fixes.csv", rows)
+    journal = tmp_path / "fixes.csv.journal"
+    checking = ChecksWriteAhead(journal)
+    with GiftCardClient(server.url, server.username, server.password, transport=checking) as gc:
+        results = bulk.run(gc, path, concurrency=8, progress=False)
+    assert checking.seen == 48 and checking.unjournalled == []
+    assert set(results["status"]) == {"approved"}
+    events = Counter(json.loads(t)["event"] for t in journal.read_text().splitlines())
+    assert events == {"sending": 48, "done": 48}
+    assert _balances(server, cards) == [Decimal("9.00")] * 24, "in file order, per card"

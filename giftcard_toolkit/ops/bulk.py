@@ -1,4 +1,5 @@
-"""Bulk card fixes from a CSV file: checked whole first, applied exactly once, resumable.
+"""Bulk card fixes from a CSV file: checked whole first, predicted, applied exactly once,
+resumable.
 
 The file has a header and these columns (``security_code``, ``amount``, ``store_id``,
 ``reason`` and ``pos_ref`` may be empty where the operation does not need them)::
@@ -9,50 +10,87 @@ The file has a header and these columns (``security_code``, ``amount``, ``store_
 
 Operations: ``balance``, ``sell``, ``reload``, ``redeem``, ``block``, ``unblock``.
 
+Files as Excel and Google Sheets write them are read as they are:
+
+* UTF-8 with or without a BOM, UTF-16 (Excel's "Unicode Text"), and Windows-1252 (Excel's
+  "CSV (Comma delimited)"); anything else is refused, saying how to save as "CSV UTF-8";
+* comma, semicolon or tab separators (found from the header), any line ending (CR LF, LF,
+  CR alone); header names in any letter case and spacing (``Card Number``); rows holding
+  only separators or spaces (Excel's ``,,,,,,``) are skipped;
+* amounts with a currency sign, thousands separators or a decimal comma where they can
+  be read one way only (``$1,000.00``, ``1.000,00 €`` in a semicolon file); an amount that
+  reads two ways (``1,000``) is refused naming both readings;
+* a card number Excel turned into ``6.00649E+15``, or a security code that lost its leading
+  zero, is refused with how to keep the column as text;
+* every message and every result cites the file's physical line (blank lines counted).
+
 How a run stays safe:
 
 * the whole file is validated before anything is sent, and every bad row is reported
-  (``BulkFileError``, with its line number and why);
-* each row's ``Idempotency-Key`` comes from that row alone (its content and its place
-  among identical rows), keyed by the user's credentials so it reveals nothing of the
-  card: editing one row changes no other row's key, and a row sent twice, by any run on
-  any machine within the server's 24 hours, is applied once;
+  (``BulkFileError``: the first 20 in its message, all of them in ``<file>.errors.csv``);
+* each row's ``Idempotency-Key`` comes from that row alone (its normalised content and
+  its place among identical rows), keyed by the user's credentials so it reveals nothing of
+  the card: editing one row changes no other row's key; re-saving the file in another
+  encoding or with another separator changes none, nor does Excel writing ``25.00`` as
+  ``25`` (amounts are keyed in cents); a row sent twice, by any run on any machine within
+  the server's 24 hours, is applied once;
+* the rows of one card are sent one after another in file order (different cards in
+  parallel), as the dry run predicts them; after a row whose outcome is unknown, the
+  card's later rows are not sent;
 * a journal beside the file (JSON Lines, fsynced, mode 0600, cards masked) records each
   row before it is sent and its outcome once that is definite (approved, partially
   approved, declined, refused); a row whose answer was lost (a timeout, a dropped
-  connection, a 5xx, a 409) is sent again by the next run **with the same key**, and the
-  result says when the server answered it as a replay of the earlier attempt;
+  connection, a 5xx, a 409) is sent again by the next run **with the same key**;
 * a row sent earlier whose outcome is unknown must not change: if it did, the run is
-  refused, naming it, with the advice to restore it (which can apply nothing twice);
-* ``dry_run=True`` validates and checks every card (a balance check) without moving money.
+  refused, naming it, with the advice to restore it (which can apply nothing twice).
+
+Result statuses (the ``status`` column; :func:`summary` counts them):
+
+* a run: ``approved``, ``partial`` (applied now); ``already applied`` (found in the journal,
+  or answered by the server as a replay of an earlier attempt, ``replayed`` true: nothing
+  moved now); ``declined``, ``rejected`` (not applied); ``not sent`` (this run did not send
+  it: an earlier row of the card has an unknown outcome, or the server could not be reached
+  or refused the credentials); ``error`` (the outcome is unknown: run the file again).
+* a dry run (``dry_run=True``): every card is checked against the server (a balance check;
+  nothing changes) and every row simulated in file order with the user's stores and limits
+  from ``verify``: ``checked`` (would be approved, as far as can be known), ``would be
+  declined`` (with the status code and reason the server would give), ``not checked`` (the
+  card could not be checked), and rows the journal already settled as in a run.
+  ``new_balance`` is then what the card would hold after the row.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import dataclasses
 import hashlib
 import hmac
 import io
 import json
 import os
+import re
 import secrets
+import threading
+import unicodedata
 from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 from tqdm.auto import tqdm
 
-from giftcard_toolkit import _protocol, errors
-from giftcard_toolkit.cards import Card, card_number_problem, security_code_problem
+from giftcard_toolkit import errors, models
+from giftcard_toolkit.cards import Card, card_number_problem, luhn_valid, security_code_problem
 from giftcard_toolkit.frames import MONEY
 from giftcard_toolkit.ops import operations
-from giftcard_toolkit.ops.audit import AuditLog
-from giftcard_toolkit.rules import GUID, GUID_EXAMPLE
+from giftcard_toolkit.ops.audit import AuditLog, scrub
+from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, is_money_amount
 
 COLUMNS = ["operation", "card_number", "security_code", "amount", "store_id", "reason", "pos_ref"]
 MONEY_OPERATIONS = set(operations.MONEY_OPERATIONS)
@@ -72,14 +110,60 @@ _RESULT_COLUMNS: dict[str, Any] = {
 }
 RESULT_SCHEMA = pl.Schema(_RESULT_COLUMNS)
 
+# Result statuses (see the module docstring).
+APPROVED, PARTIAL = "approved", "partial"
+ALREADY_APPLIED = "already applied"
+DECLINED, REJECTED = "declined", "rejected"
+NOT_SENT = "not sent"
+ERROR = "error"
+CHECKED, WOULD_BE_DECLINED, NOT_CHECKED = "checked", "would be declined", "not checked"
+# The statuses of rows that are (or, in a dry run, would be) applied.
+APPLIED_STATUSES = (APPROVED, PARTIAL, ALREADY_APPLIED, CHECKED)
+
+# The contract's server-wide limits (status 100012): per sale or reload, and per card.
+SERVER_MAX_LOAD = Decimal("500.00")
+SERVER_MAX_BALANCE = Decimal("2000.00")
+# A BulkFileError's message lists at most this many rows; the full list goes to a file.
+LISTED_PROBLEMS = 20
+
+_SAVE_AS_UTF8 = (
+    "save it as CSV UTF-8: in Excel, File > Save As > 'CSV UTF-8 (Comma delimited) (*.csv)'; "
+    "in Google Sheets, File > Download > 'Comma Separated Values (.csv)'"
+)
+_AS_TEXT = (
+    "format the column as Text before typing or pasting (Excel: select the column, Format "
+    "Cells > Text, or open the CSV with Data > From Text/CSV and set the column to Text; "
+    "Google Sheets: Format > Number > Plain text), enter the values again and save"
+)
+
 
 class BulkFileError(errors.InvalidInput):
-    """The file cannot be run; ``problems`` lists (line, why) for every bad row."""
+    """The file cannot be run; ``problems`` lists (line, why) for every bad row.
 
-    def __init__(self, problems: list[tuple[int, str]]) -> None:
+    The message shows the first :data:`LISTED_PROBLEMS`; ``errors_file`` is where the full
+    list was written (beside the input) when there were more.
+    """
+
+    def __init__(
+        self,
+        problems: list[tuple[int, str]],
+        errors_file: Path | None = None,
+        unwritten: str | None = None,
+    ) -> None:
         self.problems = problems
-        shown = "\n".join(f"  line {line}: {why}" for line, why in problems)
-        super().__init__(f"{len(problems)} problem(s); nothing was sent:\n{shown}")
+        self.errors_file = errors_file
+        shown = "\n".join(f"  line {line}: {why}" for line, why in problems[:LISTED_PROBLEMS])
+        more = len(problems) - LISTED_PROBLEMS
+        if more > 0:
+            where = (
+                f"; every one is listed in {errors_file}"
+                if errors_file is not None
+                else f" (the full list could not be written: {unwritten})"
+                if unwritten
+                else ""
+            )
+            shown += f"\n  ... and {more:,} more{where}"
+        super().__init__(f"{len(problems):,} problem(s); nothing was sent:\n{shown}")
 
 
 @dataclass(frozen=True, repr=False)
@@ -94,6 +178,9 @@ class Fix:
     reason: str | None
     pos_ref: str | None
     key: str
+    # The key this row had before amounts were keyed in cents ("25" and "25.00" alike),
+    # when it differs: a journal that knows it keeps it (see ``_keep_journalled_keys``).
+    legacy_key: str | None = None
 
     def __repr__(self) -> str:
         return f"Fix(line={self.line}, {self.operation} {self.card.masked})"
@@ -110,32 +197,323 @@ class Fix:
         )
 
 
-def _problems(row: dict[str, str], needs_code: bool) -> tuple[list[str], Decimal | None]:
+# ------------------------------------------------------------------ reading the file
+
+
+def _line_of(content: bytes, offset: int) -> int:
+    head = content[:offset]
+    if b"\n" in head or b"\r" not in head:
+        return head.count(b"\n") + 1
+    return head.count(b"\r") + 1
+
+
+def _decode(content: bytes) -> tuple[str, str]:
+    """(the text, the encoding's name) of a file as spreadsheets save them; raises
+    :class:`BulkFileError` for anything else, saying how to save as CSV UTF-8."""
+
+    def refuse(why: str, line: int = 1) -> BulkFileError:
+        return BulkFileError([(line, f"{why}; {_SAVE_AS_UTF8}")])
+
+    if content.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):
+        raise refuse("this is an Excel workbook (.xlsx or .xls), not a CSV file")
+    boms = (
+        (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"),
+        (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+        (codecs.BOM_UTF8, "utf-8-sig", "UTF-8 with BOM"),
+        (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+        (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+    )
+    for bom, codec, name in boms:
+        if content.startswith(bom):
+            try:
+                return content.decode(codec), name
+            except UnicodeDecodeError as bad:
+                raise refuse(
+                    f"the file starts as {name} but is not valid {name} further on",
+                    _line_of(content, bad.start),
+                ) from None
+    head = content[:4096]
+    if b"\x00" in head:  # UTF-16 without a BOM: every other byte of ASCII text is zero
+        even, odd = head[0::2].count(0), head[1::2].count(0)
+        codec = "utf-16-le" if odd > even else "utf-16-be"
+        try:
+            return content.decode(codec), "UTF-16"
+        except UnicodeDecodeError:
+            raise refuse("the file holds zero bytes: it is not a text CSV file") from None
+    try:
+        return content.decode("utf-8"), "UTF-8"
+    except UnicodeDecodeError as bad:
+        line, byte = _line_of(content, bad.start), content[bad.start]
+    if b"\r" in content and b"\n" not in content:
+        raise refuse(
+            f"byte 0x{byte:02x} is not UTF-8, and the lines end in CR alone: "
+            "this looks like Excel's 'CSV (Macintosh)' (Mac Roman), whose accented letters "
+            "cannot be told from Windows-1252 ones",
+            line,
+        )
+    try:
+        text = content.decode("cp1252")
+    except UnicodeDecodeError:
+        raise refuse(
+            f"byte 0x{byte:02x} is neither UTF-8 nor Windows-1252 (Excel's "
+            "'CSV (Comma delimited)'): the file's encoding is unknown",
+            line,
+        ) from None
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\r\n" for c in text):
+        raise refuse("the file is not UTF-8 and holds control characters", line)
+    return text, "Windows-1252"
+
+
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def _column_name(text: str) -> str:
+    return re.sub(r"[\s_\-.]+", "", unicodedata.normalize("NFKC", text)).lower()
+
+
+_WANTED = {_column_name(c): c for c in COLUMNS}
+
+
+@dataclass(frozen=True)
+class _Table:
+    encoding: str
+    separator: str
+    header_line: int
+    rows: list[tuple[int, dict[str, str], list[str]]]  # (line, cells by column, extra cells)
+
+
+def _cells(line: str, separator: str) -> list[str]:
+    try:
+        return next(csv.reader([line], delimiter=separator), [])
+    except csv.Error:
+        return line.split(separator)
+
+
+def _read_table(content: bytes) -> _Table:
+    text, encoding = _decode(content)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    header_index = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if header_index is None:
+        raise BulkFileError([(1, f"the file is empty; its first line must be {','.join(COLUMNS)}")])
+    header_line = header_index + 1
+
+    def matched(separator: str) -> int:
+        return len(
+            {_column_name(c) for c in _cells(lines[header_index], separator)} & _WANTED.keys()
+        )
+
+    separator = max(_SEPARATORS, key=matched)  # the first of equals: comma
+    reader = csv.reader(io.StringIO(text), delimiter=separator, strict=True)
+    rows: list[tuple[int, dict[str, str], list[str]]] = []
+    header: list[str] | None = None
+    positions: dict[str, int] = {}
+    while True:
+        start = reader.line_num + 1
+        try:
+            cells = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as bad:
+            raise BulkFileError(
+                [
+                    (
+                        start,
+                        f"cannot be read as CSV ({bad}): a value that starts with a quote must "
+                        "end with one (write a quote inside a value as two quotes)",
+                    )
+                ]
+            ) from None
+        if header is None:
+            if not any(c.strip() for c in cells):
+                continue
+            header = [_column_name(c) for c in cells]
+            twice = sorted({_WANTED[n] for n in header if n in _WANTED and header.count(n) > 1})
+            if twice:
+                raise BulkFileError([(start, f"column(s) {', '.join(twice)} appear twice")])
+            positions = {_WANTED[n]: i for i, n in enumerate(header) if n in _WANTED}
+            missing = [c for c in COLUMNS if c not in positions]
+            if missing:
+                raise BulkFileError(
+                    [
+                        (
+                            start,
+                            f"missing column(s) {', '.join(missing)}; expected "
+                            f"{','.join(COLUMNS)} (the header was read with "
+                            f"{_SEPARATORS[separator]} as separator)",
+                        )
+                    ]
+                )
+            continue
+        if not any(c.strip() for c in cells):
+            continue  # a blank line, or Excel's ",,,,,," under the data
+        row = {c: (cells[i] if i < len(cells) else "") for c, i in positions.items()}
+        extra = [c for c in cells[len(header) :] if c.strip()]
+        rows.append((start, row, extra))
+    return _Table(encoding, separator, header_line, rows)
+
+
+# ------------------------------------------------------------------ reading the cells
+
+_CURRENCY = r"(?:US\$|\$|€|£|¥|USD|EUR|GBP)"
+_MONEY_TEXT = re.compile(
+    rf"^(?P<sign>[-+]?)\s*(?:{_CURRENCY}\s*)?(?P<sign2>[-+]?)(?P<number>[0-9][0-9.,\s'’]*|[.,][0-9]+)"
+    rf"\s*(?:{_CURRENCY})?$",
+    re.IGNORECASE,
+)
+_GROUPED = {sep: re.compile(rf"^[0-9]{{1,3}}(?:{re.escape(sep)}[0-9]{{3}})+$") for sep in ".,"}
+CENT = Decimal("0.01")
+_SPACES_IN_NUMBER = re.compile(r"(?<=[0-9])[\s'’](?=[0-9]{3}(?![0-9]))")
+
+
+class AmountError(ValueError):
+    """An amount cell that cannot be read as one amount; the message says why."""
+
+
+def parse_amount(text: str, separator: str = ",") -> Decimal:
+    """The amount in a cell as spreadsheets write it: ``25``, ``25.00``, ``$1,000.00``,
+    ``1.000,00 €`` or ``12,50``; :class:`AmountError` when it is not one (or reads two
+    ways, e.g. ``1,000``), or is not above zero with at most 2 decimals.
+
+    ``separator`` is the file's: in a semicolon file (European Excel) a single ``.``
+    before three digits (``1.000``) is ambiguous; elsewhere it is a decimal point.
+    """
+    raw = text.strip()
+    shown = scrub(raw)
+    if not raw:
+        raise AmountError("amount is empty: sell, reload and redeem need one")
+    found = _MONEY_TEXT.match(raw)
+    if found is None:
+        raise AmountError(
+            f"amount {shown!r} is not a number this can read; write it like 25.00 (a currency "
+            "sign, thousands separators and a decimal comma are understood)"
+        )
+    if "-" in found["sign"] + found["sign2"]:
+        raise AmountError(f"amount {shown!r} must be above zero with at most 2 decimals")
+    number = _SPACES_IN_NUMBER.sub("", found["number"].strip())
+    if re.search(r"[\s'’]", number):
+        raise AmountError(f"amount {shown!r} is not a number this can read")
+    dots, commas = number.count("."), number.count(",")
+    plain: str
+    if dots and commas:
+        last = max(number.rfind("."), number.rfind(","))
+        decimal_mark = number[last]
+        grouping = "," if decimal_mark == "." else "."
+        whole, fraction = number[:last], number[last + 1 :]
+        if number.count(decimal_mark) > 1 or not _GROUPED[grouping].match(whole):
+            raise AmountError(
+                f"amount {shown!r} mixes separators in a way that reads no single way; "
+                "write it like 1000.00"
+            )
+        plain = whole.replace(grouping, "") + "." + fraction
+    elif dots or commas:
+        mark = "." if dots else ","
+        whole, _, fraction = number.partition(mark)
+        if number.count(mark) > 1:
+            if not _GROUPED[mark].match(number):
+                raise AmountError(f"amount {shown!r} is not a number this can read")
+            plain = number.replace(mark, "")
+        elif len(fraction) == 3 and re.fullmatch(r"[1-9][0-9]{0,2}", whole):
+            # 1,000 / 1.000: a thousands separator, or a decimal mark before 3 decimals?
+            name = "comma" if mark == "," else "point"
+            thousands, decimal = f"{whole}{fraction}", f"{whole}.{fraction}"
+            if mark == "." and separator != ";" and not fraction.endswith("0"):
+                raise AmountError(
+                    f"amount {shown!r} must be above zero with at most 2 decimals (if it "
+                    f"means {thousands}, write {thousands})"
+                )
+            instead = f" or {whole}.{fraction[:2]}" if fraction.endswith("0") else ""
+            raise AmountError(
+                f"amount {shown!r} is ambiguous: it reads as {thousands} with the {name} as a "
+                f"thousands separator, or as {decimal} with the {name} as the decimal "
+                f"separator; write {thousands}{instead} instead"
+            )
+        else:
+            plain = f"{whole or '0'}.{fraction}" if mark == "," else number
+    else:
+        plain = number
+    if len(plain.partition(".")[0].lstrip("0")) > 9:  # never echoed: a card number, maybe
+        raise AmountError(
+            "amount has more digits than any amount has: is a card number in the wrong column?"
+        )
+    try:
+        amount = Decimal(plain)
+    except InvalidOperation:
+        raise AmountError(f"amount {shown!r} is not a number this can read") from None
+    if not is_money_amount(amount):
+        raise AmountError(f"amount {shown!r} must be above zero with at most 2 decimals")
+    return amount
+
+
+_SCIENTIFIC = re.compile(r"^[0-9]+(?:[.,][0-9]+)?[eE][+-]?[0-9]+$")
+
+
+def _card_problem(value: str) -> str | None:
+    if _SCIENTIFIC.match(value):
+        return (
+            "card_number is in scientific notation (like 6.00649E+15): Excel or Google Sheets "
+            "read the card numbers as numbers, which keep 15 significant digits at most, so "
+            f"the number is lost from this file; {_AS_TEXT}"
+        )
+    problem = card_number_problem(value)
+    if problem is None:
+        return None
+    digits = re.sub(r"[\s-]+", "", value)
+    if len(digits) == 16 and digits.isdigit() and digits.endswith("0") and not luhn_valid(digits):
+        problem += (
+            " (or, as it ends in 0, Excel stored it as a number and replaced its 16th digit "
+            f"with 0; {_AS_TEXT})"
+        )
+    return f"card_number {problem}"
+
+
+def _code_problem(code: str) -> str | None:
+    if code.isdigit() and len(code) < 4:
+        return (
+            f"security_code has {len(code)} digit(s), not 4: a code that starts with 0 "
+            "loses its leading zero(s) when Excel or Google Sheets read the column as "
+            f"numbers; {_AS_TEXT}"
+        )
+    problem = security_code_problem(code)
+    return None if problem is None else f"security_code {problem}"
+
+
+def _row_problems(
+    row: dict[str, str], extra: list[str], needs_code: bool, separator: str
+) -> tuple[list[str], Decimal | None]:
     why: list[str] = []
     operation = row["operation"].strip().lower()
     if operation not in OPERATIONS:
-        why.append(f"operation {row['operation']!r} is not one of {', '.join(sorted(OPERATIONS))}")
-    problem = card_number_problem(row["card_number"].strip())
+        value = row["operation"].strip()
+        # Digits are never echoed: a shifted row may put a card or its code here.
+        shown = "(a value with digits)" if re.search(r"[0-9]", value) else repr(value)
+        why.append(f"operation {shown} is not one of {', '.join(sorted(OPERATIONS))}")
+    problem = _card_problem(row["card_number"].strip())
     if problem:
-        why.append(f"card_number {problem}")
+        why.append(problem)
     code = row["security_code"].strip()
     if code:
-        problem = security_code_problem(code)
+        problem = _code_problem(code)
         if problem:
-            why.append(f"security_code {problem}")
+            why.append(problem)
     elif needs_code:
         why.append("security_code is empty (and no card key is configured to send it encrypted)")
     amount = None
     if operation in MONEY_OPERATIONS:
-        amount = _protocol.entered_amount(row["amount"])
-        if amount is None:
-            why.append(
-                f"amount {row['amount'].strip()!r} must be above zero with at most 2 decimals"
-            )
+        try:
+            amount = parse_amount(row["amount"], separator)
+        except AmountError as bad:
+            why.append(str(bad))
         if not GUID.match(row["store_id"].strip()):
             why.append(f"store_id must be the store's GUID, e.g. {GUID_EXAMPLE}")
     if operation in STATUS_OPERATIONS and not row["reason"].strip():
         why.append("reason is required to block or unblock")
+    if extra:
+        name = _SEPARATORS[separator]
+        why.append(
+            f"the row has {len(extra)} more value(s) than the header has columns: a value "
+            f"holding a {name} must be in quotes"
+        )
     return why, amount
 
 
@@ -144,29 +522,62 @@ def _random_keys() -> Callable[[str], str]:
     return lambda material: hmac.new(secret, material.encode(), hashlib.sha256).hexdigest()
 
 
+def _beside(path: Path, suffix: str) -> Path:
+    return path.with_name(f"{path.stem}.{suffix}")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _refuse(path: Path, problems: list[tuple[int, str]]) -> BulkFileError:
+    """The error for a file's bad rows; more than 20 are also written beside the file."""
+    if len(problems) <= LISTED_PROBLEMS:
+        return BulkFileError(problems)
+    out = _beside(path, "errors.csv")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(["line", "problem"])
+    writer.writerows(problems)
+    try:
+        _write_atomically(out, buffer.getvalue().encode("utf-8-sig"))
+    except OSError as failed:
+        return BulkFileError(problems, unwritten=f"{out}: {failed.strerror or failed}")
+    return BulkFileError(problems, errors_file=out)
+
+
 def validate(
     path: str | Path, needs_code: bool = True, derive_key: Callable[[str], str] | None = None
 ) -> list[Fix]:
-    """Every row of the file, checked; raises :class:`BulkFileError` naming all bad rows.
+    """Every row of the file, checked; raises :class:`BulkFileError` naming all bad rows
+    by their physical line (the first 20 in its message; more are written to
+    ``<file>.errors.csv``).
 
-    ``derive_key`` turns a row's content into its Idempotency-Key (``run`` passes the
-    client's, stable across runs); by default keys are good for this validation only.
+    ``derive_key`` turns a row's normalised content into its Idempotency-Key (``run``
+    passes the client's, stable across runs); by default keys are good for this
+    validation only.
     """
+    path = Path(path)
     derive = derive_key or _random_keys()
-    content = Path(path).read_bytes()
-    reader = csv.DictReader(io.StringIO(content.decode("utf-8-sig")))
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise BulkFileError(
-            [(1, f"missing column(s) {', '.join(missing)}; expected {','.join(COLUMNS)}")]
-        )
+    table = _read_table(path.read_bytes())
     fixes: list[Fix] = []
     problems: list[tuple[int, str]] = []
     seen: Counter[str] = Counter()
-    for index, raw in enumerate(reader):
-        line = index + 2  # the header is line 1
-        row = {c: (raw.get(c) or "") for c in COLUMNS}
-        why, amount = _problems(row, needs_code)
+    seen_legacy: Counter[str] = Counter()
+
+    def key_of(values: list[str | None], counter: Counter[str]) -> str:
+        material = json.dumps(values, separators=(",", ":"))
+        occurrence = counter[material]
+        counter[material] += 1
+        return "bulk-" + derive(f"{material}#{occurrence}")[:40]
+
+    for line, row, extra in table.rows:
+        why, amount = _row_problems(row, extra, needs_code, table.separator)
         if why:
             problems.append((line, "; ".join(why)))
             continue
@@ -175,45 +586,55 @@ def validate(
         store_id = row["store_id"].strip().lower() or None
         reason = row["reason"].strip() or None
         pos_ref = row["pos_ref"].strip() or None
-        # The row alone decides its key: what it does, and which of identical rows it is.
-        material = json.dumps(
-            [operation, card.number, str(amount), store_id, reason, pos_ref], separators=(",", ":")
+        # The row alone decides its key, from its normalised values (however the file was
+        # encoded or separated, and "25" or "25.00" as Excel re-saves it): what it does,
+        # and which of identical rows it is.
+        cents = None if amount is None else amount.quantize(CENT)
+        key = key_of([operation, card.number, str(cents), store_id, reason, pos_ref], seen)
+        legacy = key_of(
+            [operation, card.number, str(amount), store_id, reason, pos_ref], seen_legacy
         )
-        occurrence = seen[material]
-        seen[material] += 1
-        key = "bulk-" + derive(f"{material}#{occurrence}")[:40]
-        fixes.append(Fix(line, operation, card, amount, store_id, reason, pos_ref, key))
+        fixes.append(
+            Fix(
+                line,
+                operation,
+                card,
+                cents,
+                store_id,
+                reason,
+                pos_ref,
+                key,
+                None if legacy == key else legacy,
+            )
+        )
     if problems:
-        raise BulkFileError(problems)
+        raise _refuse(path, problems)
     if not fixes:
-        raise BulkFileError([(2, "the file has no rows")])
+        raise BulkFileError([(table.header_line + 1, "the file has no rows")])
     return fixes
 
 
-def _result(fix: Fix, outcome: operations.Outcome, dry_run: bool) -> dict[str, Any]:
-    status = "checked" if dry_run and outcome.status == "approved" else outcome.status
-    return {
-        "line": fix.line,
-        "operation": fix.operation,
-        "card": fix.card.masked,
-        "status": status,
-        "statuscode": outcome.statuscode,
-        "description": outcome.description,
-        "host_ref": outcome.host_ref,
-        "new_balance": None if outcome.balance is None else str(outcome.balance),
-        "replayed": outcome.replayed,
-        "idempotency_key": fix.key,
-    }
+# ------------------------------------------------------------------ the journal
+
+
+# An append's data and new size, without the times (POSIX); plain fsync elsewhere.
+_sync = getattr(os, "fdatasync", os.fsync)
 
 
 class _Journal:
     """Each row before it is sent (``sending``) and its outcome once definite (``done``),
     one fsynced JSON line each; cards masked, file mode 0600."""
 
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, writable: bool = True) -> None:
+        self.path = path if writable else None
         self.sent: dict[str, dict[str, Any]] = {}
         self.done: dict[str, dict[str, Any]] = {}
+        self._cond = threading.Condition()
+        self._queue: list[bytes] = []
+        self._queued = self._durable = 0  # lines queued, and on disk, so far
+        self._flushing = False
+        self._broken: BaseException | None = None
+        self._fd: int | None = None
         if path is None or not path.exists():
             return
         for number, text in enumerate(path.read_text().splitlines(), start=1):
@@ -242,15 +663,82 @@ class _Journal:
         """Rows sent whose outcome was never learnt: they may have been applied."""
         return {k: e for k, e in self.sent.items() if k not in self.done}
 
-    def add(self, entry: dict[str, Any]) -> None:
+    def settled(self, fix: Fix) -> dict[str, Any] | None:
+        """The journalled outcome that settles ``fix`` (a balance check is never settled:
+        it is checked again on every run)."""
+        return None if fix.operation == "balance" else self.done.get(fix.key)
+
+    def add(self, entry: dict[str, Any], durable: bool = True) -> None:
+        """Append ``entry``; with ``durable``, return once it is on disk (fsynced).
+        Concurrent calls share one write and one fsync (group commit): whichever thread
+        finds no flush running writes every line queued so far, the others wait for it.
+
+        Without ``durable`` the line goes with the next flush (or :meth:`close`): an
+        outcome, whose loss in a crash only makes the next run send the row again under
+        its key, to be answered as a replay. A ``sending`` line is always durable first.
+        """
         if self.path is None:
             return
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (json.dumps(entry) + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        line = (json.dumps(entry) + "\n").encode()
+        with self._cond:
+            self._queue.append(line)
+            self._queued += 1
+            mine = self._queued
+            while durable and self._durable < mine:
+                if self._broken is not None:
+                    raise OSError(f"journal {self.path} could not be written: {self._broken}")
+                if self._flushing:
+                    self._cond.wait()
+                    continue
+                batch, self._queue, upto = self._queue, [], self._queued
+                self._flushing = True
+                self._cond.release()
+                try:
+                    self._write(b"".join(batch))
+                except BaseException as failed:
+                    self._broken = failed
+                    raise
+                finally:
+                    self._cond.acquire()
+                    self._flushing = False
+                    if self._broken is None:
+                        self._durable = upto
+                    self._cond.notify_all()
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is None:
+            self._fd = os.open(str(self.path), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        _sync(self._fd)
+
+    def close(self) -> None:
+        """Write and fsync whatever is queued, then close the file."""
+        with self._cond:
+            while self._flushing:
+                self._cond.wait()
+            try:
+                if self._queue and self._broken is None and self.path is not None:
+                    batch, self._queue = self._queue, []
+                    self._write(b"".join(batch))
+                    self._durable = self._queued
+            finally:
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+
+
+def _keep_journalled_keys(book: _Journal, fixes: list[Fix]) -> list[Fix]:
+    """Rows a journal knows under the key they had before amounts were keyed in cents keep
+    that key: the server knows them by it (a row is never sent under two keys)."""
+    known = book.sent.keys() | book.done.keys()
+    return [
+        dataclasses.replace(f, key=f.legacy_key)
+        if f.legacy_key in known and f.key not in known
+        else f
+        for f in fixes
+    ]
 
 
 def _check_unchanged(book: _Journal, fixes: list[Fix]) -> None:
@@ -273,6 +761,137 @@ def _check_unchanged(book: _Journal, fixes: list[Fix]) -> None:
         )
 
 
+def _from_journal(fix: Fix, entry: dict[str, Any]) -> dict[str, Any]:
+    """A row an earlier run settled: ``already applied`` when it was applied (never
+    ``approved``, which says it was applied now); a decline or refusal as it was."""
+    row = {c: entry.get(c) for c in _RESULT_COLUMNS}
+    row.update(line=fix.line, replayed=bool(entry.get("replayed")), idempotency_key=fix.key)
+    if entry.get("status") in (APPROVED, PARTIAL, ALREADY_APPLIED):
+        row["status"] = ALREADY_APPLIED
+        row["description"] = "applied by an earlier run of this file (in its journal)" + (
+            "; partially" if entry.get("statuscode") == "000001" else ""
+        )
+    else:
+        row["description"] = f"in an earlier run: {entry.get('description') or ''}".strip()
+    return row
+
+
+# ------------------------------------------------------------------ results
+
+
+def _result(fix: Fix, outcome: operations.Outcome) -> dict[str, Any]:
+    status, description = outcome.status, outcome.description
+    if outcome.replayed and status in (APPROVED, PARTIAL):
+        status = ALREADY_APPLIED
+        description = (
+            "applied by an earlier attempt with the same key: the server answered it again "
+            "and nothing moved now"
+        )
+    return {
+        "line": fix.line,
+        "operation": fix.operation,
+        "card": fix.card.masked,
+        "status": status,
+        "statuscode": outcome.statuscode,
+        "description": None if description is None else scrub(description),
+        "host_ref": outcome.host_ref,
+        "new_balance": None if outcome.balance is None else str(outcome.balance),
+        "replayed": outcome.replayed,
+        "idempotency_key": fix.key,
+    }
+
+
+def _not_sent(fix: Fix, why: str) -> dict[str, Any]:
+    return {
+        **{c: None for c in _RESULT_COLUMNS},
+        "line": fix.line,
+        "operation": fix.operation,
+        "card": fix.card.masked,
+        "status": NOT_SENT,
+        "description": why,
+        "replayed": False,
+        "idempotency_key": fix.key,
+    }
+
+
+def _frame(rows: Iterable[dict[str, Any]]) -> pl.DataFrame:
+    as_text = {**_RESULT_COLUMNS, "new_balance": pl.String}
+    return pl.DataFrame(list(rows), schema=as_text).with_columns(pl.col("new_balance").cast(MONEY))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts per outcome of a run's (or dry run's) results; ``str()`` is the line printed
+    under the progress bar."""
+
+    dry_run: bool
+    rows: int
+    applied: int  # applied now (a dry run: would be applied)
+    already_applied: int  # by an earlier run or attempt; nothing moved now
+    declined: int  # declined or refused (a dry run: would be declined)
+    not_sent: int  # not sent by this run (a dry run: could not be checked)
+    unknown: int  # outcome unknown: the file must be run again to learn it
+
+    @property
+    def clean(self) -> bool:
+        """Nothing declined, unsent or unknown: every row is (or would be) applied."""
+        return self.declined == self.not_sent == self.unknown == 0
+
+    def __str__(self) -> str:
+        if self.dry_run:
+            return (
+                f"dry run of {self.rows:,} row(s): {self.applied:,} would be applied, "
+                f"{self.declined:,} would be declined, {self.already_applied:,} already applied "
+                f"before, {self.not_sent:,} could not be checked"
+            )
+        text = (
+            f"{self.rows:,} row(s): {self.applied:,} applied now, {self.already_applied:,} "
+            f"already applied before, {self.declined:,} declined, {self.not_sent:,} not sent"
+        )
+        if self.unknown:
+            text += f", {self.unknown:,} outcome unknown (run the file again to learn it)"
+        return text
+
+
+def summary(results: pl.DataFrame, dry_run: bool | None = None) -> Summary:
+    """The counts per outcome of ``run``'s results (a dry run's, when its statuses say so)."""
+    counts = Counter(results["status"].to_list())
+    if dry_run is None:
+        dry_run = bool({CHECKED, WOULD_BE_DECLINED, NOT_CHECKED} & counts.keys())
+    return Summary(
+        dry_run=dry_run,
+        rows=results.height,
+        applied=counts[APPROVED] + counts[PARTIAL] + counts[CHECKED],
+        already_applied=counts[ALREADY_APPLIED],
+        declined=counts[DECLINED] + counts[REJECTED] + counts[WOULD_BE_DECLINED],
+        not_sent=counts[NOT_SENT] + counts[NOT_CHECKED],
+        unknown=counts[ERROR],
+    )
+
+
+def results_path(path: str | Path, dry_run: bool = False) -> Path:
+    """Where the CLI writes a file's results: ``<file>.results.csv`` (``.dry-run.csv``)."""
+    return _beside(Path(path), "dry-run.csv" if dry_run else "results.csv")
+
+
+def write_results(results: pl.DataFrame, out: str | Path) -> Path:
+    """``results`` as a CSV that Excel opens as it is (UTF-8 with BOM), written whole or
+    not at all. Cards are masked in the results already."""
+    out = Path(out)
+    text = results.with_columns(pl.col("new_balance").cast(pl.String)).write_csv()
+    _write_atomically(out, codecs.BOM_UTF8 + text.encode())
+    return out
+
+
+# ------------------------------------------------------------------ running
+
+
+def _open_log(audit_log: str | Path | AuditLog | None) -> AuditLog | None:
+    return (
+        audit_log if isinstance(audit_log, AuditLog) or audit_log is None else AuditLog(audit_log)
+    )
+
+
 def run(
     client: Any,
     path: str | Path,
@@ -283,30 +902,95 @@ def run(
     progress: bool = True,
 ) -> pl.DataFrame:
     """Apply every row of ``path`` through ``client`` (a ``GiftCardClient``); one result
-    row per input row, in file order.
+    row per input row, in file order (statuses: see the module docstring;
+    ``summary(results)`` counts them, and is printed under the progress bar).
 
-    ``journal`` makes the run resumable (default: ``<file>.journal`` beside it, not for dry
-    runs): rows with a definite outcome are not sent again; rows whose answer was lost are
-    sent again under the same key (``replayed`` is then true if the earlier attempt had
-    been applied). At most ``concurrency`` requests are in flight. Every attempted
-    operation is written to ``audit_log`` when one is given.
+    ``journal`` makes the run resumable (default: ``<file>.journal`` beside it): rows with
+    a definite outcome are not sent again (``already applied``); rows whose answer was lost
+    are sent again under the same key (``replayed`` is then true if the earlier attempt
+    had been applied). At most ``concurrency`` requests are in flight; one card's rows go
+    in file order. Every attempted operation is written to ``audit_log`` when one is given.
+
+    ``dry_run=True`` changes nothing anywhere (the journal is read, never written): it
+    checks every card and predicts every row, as the module docstring says.
     """
     path = Path(path)
     needs_code = getattr(client, "_cipher", None) is None
     fixes = validate(path, needs_code=needs_code, derive_key=client.derived_key)
-    journal_path = None if dry_run else Path(journal or f"{path}.journal")
-    book = _Journal(journal_path)
+    book = _Journal(Path(journal or f"{path}.journal"), writable=not dry_run)
+    fixes = _keep_journalled_keys(book, fixes)
     _check_unchanged(book, fixes)
-    log = audit_log if isinstance(audit_log, AuditLog) or audit_log is None else AuditLog(audit_log)
-    user = getattr(client, "username", "?")
-    pending = [f for f in fixes if f.key not in book.done]
-    results: dict[str, dict[str, Any]] = {
-        k: {**{c: e.get(c) for c in _RESULT_COLUMNS}, "replayed": bool(e.get("replayed"))}
-        for k, e in book.done.items()
-    }
+    log = _open_log(audit_log)
+    # Credentials first: a wrong password must not leave rows of "unknown" outcome.
+    verification: models.Verification = client.verify()
+    settled = {f.key: _from_journal(f, e) for f in fixes if (e := book.settled(f)) is not None}
+    with tqdm(
+        total=len(fixes),
+        initial=len(settled),
+        unit="row",
+        desc="dry run" if dry_run else "bulk",
+        disable=not progress,
+    ) as shown:
+        try:
+            if dry_run:
+                rows = _predict(client, fixes, book, settled, verification, concurrency, log, shown)
+            else:
+                rows = _apply(client, fixes, book, settled, concurrency, log, shown)
+        finally:
+            book.close()
+    results = _frame(rows)
+    if progress:
+        print(summary(results, dry_run=dry_run), flush=True)
+    return results
 
-    def attempt(fix: Fix) -> dict[str, Any]:
-        if not dry_run and fix.operation != "balance":
+
+class _Bar:
+    """The progress bar, advanced from worker threads."""
+
+    def __init__(self, shown: Any) -> None:
+        self.shown, self.lock = shown, threading.Lock()
+
+    def advance(self, rows: int = 1) -> None:
+        with self.lock:
+            self.shown.update(rows)
+
+
+def _by_card(fixes: Iterable[Fix]) -> list[list[Fix]]:
+    chains: dict[str, list[Fix]] = {}
+    for fix in fixes:
+        chains.setdefault(fix.card.number, []).append(fix)
+    return list(chains.values())
+
+
+def _gather(futures: list[Future[Any]], stop: threading.Event) -> list[Any]:
+    done: list[Any] = []
+    try:
+        for future in as_completed(futures):
+            done.append(future.result())
+    except BaseException:
+        stop.set()
+        for future in futures:
+            future.cancel()
+        raise
+    return done
+
+
+def _apply(
+    client: Any,
+    fixes: list[Fix],
+    book: _Journal,
+    settled: dict[str, dict[str, Any]],
+    concurrency: int,
+    log: AuditLog | None,
+    shown: Any,
+) -> list[dict[str, Any]]:
+    user = getattr(client, "username", "?")
+    bar = _Bar(shown)
+    stop = threading.Event()
+    halted: list[str] = []  # why the run stopped sending, once it did
+
+    def attempt(fix: Fix) -> tuple[dict[str, Any], operations.Outcome]:
+        if fix.operation != "balance":
             book.add(
                 {
                     "event": "sending",
@@ -317,15 +1001,15 @@ def run(
                     "idempotency_key": fix.key,
                 }
             )
-        outcome = operations.apply(client, fix.as_operation(dry_run))
-        entry = _result(fix, outcome, dry_run)
-        if outcome.definite and not dry_run:
-            book.add({"event": "done", **entry})
+        outcome = operations.apply(client, fix.as_operation())
+        entry = _result(fix, outcome)
+        if outcome.definite and fix.operation != "balance":
+            book.add({"event": "done", **entry, "status": outcome.status}, durable=False)
         if log is not None:
             log.record(
                 user=user,
                 operation=f"bulk {fix.operation}",
-                outcome="approved" if entry["status"] == "checked" else entry["status"],
+                outcome=outcome.status,
                 card=fix.card,
                 amount=fix.amount,
                 store_id=fix.store_id,
@@ -334,27 +1018,261 @@ def run(
                 description=entry["description"],
                 idempotency_key=fix.key,
             )
-        return entry
+        return entry, outcome
 
-    with (
-        tqdm(
-            total=len(fixes),
-            initial=len(fixes) - len(pending),
-            unit="row",
-            desc="dry run" if dry_run else "bulk",
-            disable=not progress,
-        ) as shown,
-        ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
-    ):
-        futures = {pool.submit(attempt, fix): fix for fix in pending}
+    def chain(card_rows: list[Fix]) -> list[tuple[str, dict[str, Any]]]:
+        """One card's rows, in file order."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        waiting_on: int | None = None
+        for fix in card_rows:
+            if stop.is_set():
+                entry = _not_sent(fix, halted[0] if halted else "the run was stopped")
+            elif waiting_on is not None:
+                entry = _not_sent(
+                    fix,
+                    f"not sent: line {waiting_on} (the same card) has an unknown outcome, and "
+                    "this row must follow it; run the file again",
+                )
+            else:
+                try:
+                    entry, outcome = attempt(fix)
+                except BaseException:  # Ctrl-C, a crash: no other row may start now
+                    stop.set()
+                    raise
+                if not outcome.definite and fix.operation != "balance":
+                    waiting_on = fix.line
+                if isinstance(outcome.error, errors.ConnectError | errors.AuthenticationError):
+                    halted.append(
+                        f"not sent: the run stopped sending at line {fix.line} ({outcome.status}"
+                        f": {type(outcome.error).__name__}); run the file again"
+                    )
+                    stop.set()
+            out.append((fix.key, entry))
+            bar.advance()
+        return out
+
+    pending = [f for f in fixes if f.key not in settled]
+    results = dict(settled)
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(chain, c) for c in _by_card(pending)]
+        for done in _gather(futures, stop):
+            results.update(done)
+    return [results[f.key] for f in fixes]
+
+
+@dataclass
+class _CardState:
+    state: str  # unsold | active | blocked | expired
+    balance: Decimal
+    expires: datetime | None
+
+
+def _state_of(balance: models.Balance) -> _CardState:
+    if balance.activated_at is None:
+        state = "unsold"
+    elif balance.expires_at is not None and balance.expires_at <= datetime.now(UTC):
+        state = "expired"
+    else:
+        state = "active" if balance.active else "blocked"
+    return _CardState(state, balance.balance, balance.expires_at)
+
+
+def _field(extra: dict[str, Any], name: str) -> Any:
+    return next((v for k, v in extra.items() if str(k).lower() == name), None)
+
+
+def _user_limit(verification: models.Verification) -> Decimal | None:
+    value = _field(verification.extra, "maxamount")
+    if value is None or isinstance(value, bool) or value == "":
+        return None
+    try:
+        limit = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return limit if limit.is_finite() and limit > 0 else None
+
+
+def _money(amount: Decimal) -> str:
+    return f"{amount:,.2f}"
+
+
+class _Predictor:
+    """What the server would answer to each row, from the user's ``verify`` answer and the
+    cards' states, rows applied in file order."""
+
+    def __init__(self, verification: models.Verification, user: str) -> None:
+        self.user = user
+        self.stores = {s.id.lower() for s in verification.stores}
+        self.limit = _user_limit(verification)
+        self.read_only = str(_field(verification.extra, "role") or "").lower() == "analyst"
+
+    def decline(self, fix: Fix, card: _CardState) -> tuple[str, str] | None:
+        """(status code, why) of the decline the row would meet, or None."""
+        op, amount = fix.operation, fix.amount or Decimal(0)
+        if op == "balance":
+            return None
+        if self.read_only:
+            return "100017", f"user {self.user!r} may only read (role analyst)"
+        if op in STATUS_OPERATIONS:
+            if card.state == "unsold":
+                return "100002", f"the card was never sold: there is nothing to {op}"
+            if card.state == "active" and op == "unblock":
+                return "100015", "the card is active already"
+            if card.state == "blocked" and op == "block":
+                return "100015", "the card is blocked already"
+            return None
+        if fix.store_id not in self.stores:
+            return "100010", (
+                f"store {fix.store_id} is not one of the {len(self.stores)} store(s) user "
+                f"{self.user!r} may act for"
+            )
+        if op == "sell" and card.state != "unsold":
+            return "100004", "the card was sold already: reload it instead"
+        if op != "sell":
+            if card.state == "unsold":
+                return "100002", "the card was never sold: sell it first"
+            if card.state == "blocked":
+                return "100002", "the card is blocked: unblock it first"
+            if card.state == "expired":
+                when = card.expires.date().isoformat() if card.expires else "?"
+                return "100003", f"the card expired on {when}"
+        if op != "redeem":
+            if amount > SERVER_MAX_LOAD:
+                return "100012", (
+                    f"{_money(amount)} is over the server's limit of {_money(SERVER_MAX_LOAD)} "
+                    "per sale or reload"
+                )
+            if card.balance + amount > SERVER_MAX_BALANCE:
+                return "100012", (
+                    f"the card would hold {_money(card.balance + amount)}, over the server's "
+                    f"limit of {_money(SERVER_MAX_BALANCE)} per card"
+                )
+        if self.limit is not None and amount > self.limit:
+            return "100012", (
+                f"{_money(amount)} is over user {self.user!r}'s own limit of {_money(self.limit)}"
+            )
+        if op == "redeem" and amount > card.balance:
+            return "100005", (
+                f"the card would hold {_money(card.balance)} by then, less than {_money(amount)}"
+            )
+        return None
+
+    @staticmethod
+    def apply(fix: Fix, card: _CardState) -> None:
+        amount = fix.amount or Decimal(0)
+        if fix.operation == "sell":
+            card.state, card.balance = "active", amount
+        elif fix.operation == "reload":
+            card.balance += amount
+        elif fix.operation == "redeem":
+            card.balance -= amount
+        elif fix.operation in STATUS_OPERATIONS:
+            card.state = "active" if fix.operation == "unblock" else "blocked"
+
+
+def _predicted(
+    fix: Fix,
+    status: str,
+    statuscode: str | None,
+    description: str,
+    balance: Decimal | None,
+) -> dict[str, Any]:
+    return {
+        "line": fix.line,
+        "operation": fix.operation,
+        "card": fix.card.masked,
+        "status": status,
+        "statuscode": statuscode,
+        "description": description,  # built from checked values (the server's: scrubbed)
+        "host_ref": None,
+        "new_balance": None if balance is None else str(balance),
+        "replayed": False,
+        "idempotency_key": fix.key,
+    }
+
+
+def _predict(
+    client: Any,
+    fixes: list[Fix],
+    book: _Journal,
+    settled: dict[str, dict[str, Any]],
+    verification: models.Verification,
+    concurrency: int,
+    log: AuditLog | None,
+    shown: Any,
+) -> list[dict[str, Any]]:
+    user = getattr(client, "username", "?")
+    todo = [f for f in fixes if f.key not in settled]
+    cards: dict[tuple[str, str | None], Card] = {}
+    rows_of: Counter[tuple[str, str | None]] = Counter()
+    for fix in todo:
+        ident = (fix.card.number, fix.card.security_code)
+        cards.setdefault(ident, fix.card)
+        rows_of[ident] += 1
+    bar = _Bar(shown)
+    stop = threading.Event()
+
+    def check(ident: tuple[str, str | None]) -> tuple[Any, models.Balance | errors.GiftCardError]:
+        card = cards[ident]
+        found: models.Balance | errors.GiftCardError
         try:
-            for future in as_completed(futures):
-                results[futures[future].key] = future.result()
-                shown.update(1)
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    rows = [results[f.key] for f in fixes]
-    as_text = {**_RESULT_COLUMNS, "new_balance": pl.String}
-    return pl.DataFrame(rows, schema=as_text).with_columns(pl.col("new_balance").cast(MONEY))
+            found = client.balance(card)
+        except errors.GiftCardError as failed:
+            found = failed
+        if log is not None:
+            declined = isinstance(found, errors.Declined)
+            log.record(
+                user=user,
+                operation="bulk dry run: balance",
+                outcome="approved"
+                if isinstance(found, models.Balance)
+                else "declined"
+                if declined
+                else "error",
+                card=card,
+                statuscode=found.statuscode if isinstance(found, errors.Declined) else None,
+                description=None if isinstance(found, models.Balance) else str(found),
+            )
+        bar.advance(rows_of[ident])
+        return ident, found
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        checked = dict(_gather([pool.submit(check, i) for i in cards], stop))
+
+    predictor = _Predictor(verification, user)
+    states: dict[str, _CardState] = {}
+    for (number, _), found in checked.items():
+        if isinstance(found, models.Balance) and number not in states:
+            states[number] = _state_of(found)
+    unknown = book.unknown()
+    results = dict(settled)
+    for fix in todo:
+        found = checked[(fix.card.number, fix.card.security_code)]
+        state = states.get(fix.card.number)
+        if fix.key in unknown:
+            results[fix.key] = _predicted(
+                fix,
+                CHECKED,
+                None,
+                "sent by an earlier run whose answer was lost: the run sends it again under "
+                "the same key, and the server applies it at most once",
+                None,
+            )
+        elif isinstance(found, errors.Declined):
+            results[fix.key] = _predicted(
+                fix, WOULD_BE_DECLINED, found.statuscode, scrub(found.description), None
+            )
+        elif isinstance(found, errors.GiftCardError) or state is None:
+            why = scrub(str(found)) if isinstance(found, errors.GiftCardError) else "no check"
+            results[fix.key] = _predicted(fix, NOT_CHECKED, None, f"not checked: {why}", None)
+        else:
+            declined = predictor.decline(fix, state)
+            if declined is not None:
+                code, why = declined
+                results[fix.key] = _predicted(fix, WOULD_BE_DECLINED, code, why, state.balance)
+            else:
+                predictor.apply(fix, state)
+                results[fix.key] = _predicted(
+                    fix, CHECKED, "000000", "would be approved", state.balance
+                )
+    return [results[f.key] for f in fixes]
