@@ -105,9 +105,17 @@ def mask(number: str) -> str:
 CARD_LIKE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){11,18}[0-9](?![0-9])")
 
 
+# A GUID (a store id) can hold 12 or more digits in a row between its dashes: not a card.
+_GUID_ANYWHERE = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}")
+
+
 def scrub(text: str) -> str:
-    """``text`` with anything shaped like a card number masked to its last four digits."""
-    return CARD_LIKE.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), text)
+    """``text`` with anything shaped like a card number masked to its last four digits
+    (store ids, GUIDs, are left as they are)."""
+    parts = _GUID_ANYWHERE.split(text)
+    guids = _GUID_ANYWHERE.findall(text)
+    scrubbed = [CARD_LIKE.sub(lambda m: mask(re.sub(r"[ -]", "", m.group(0))), p) for p in parts]
+    return "".join(p + g for p, g in zip(scrubbed, [*guids, ""], strict=True))
 
 
 @dataclass(frozen=True)

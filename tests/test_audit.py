@@ -105,3 +105,11 @@ def test_a_missing_log_reads_as_an_empty_frame(tmp_path):
     frame = audit.read(tmp_path / "none.jsonl")
     assert frame.is_empty() and frame.schema == audit.AUDIT_SCHEMA
     assert isinstance(frame, pl.DataFrame)
+
+
+def test_scrub_masks_card_numbers_and_leaves_store_ids_alone():
+    from giftcard_toolkit.cards import scrub
+
+    store = "8981649d-1234-5678-9012-123456789012"  # 12+ digits in a row between dashes
+    text = f"store {store}: card 6006491234567897, again as 6006 4912 3456 7897"
+    assert scrub(text) == (f"store {store}: card ************7897, again as ************7897")
