@@ -8,7 +8,34 @@ The file has a header and these columns (``security_code``, ``amount``, ``store_
     sell,6006 4912 3456 7897,1234,25.00,3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f,,lane 2
     block,6006491234567897,1234,,,card reported lost,
 
-Operations: ``balance``, ``sell``, ``reload``, ``redeem``, ``block``, ``unblock``.
+Operations: ``balance``, ``sell``, ``reload``, ``redeem``, ``block``, ``unblock``, and the
+card cases of :mod:`giftcard_toolkit.ops.cases`, which read three more columns, optional in
+the header (a file without them works as before)::
+
+    operation,card_number,security_code,amount,store_id,reason,pos_ref,new_card_number,new_security_code,host_ref
+    replace,6006491234567897,1234,,3f2a6c1e-...,customer lost it,,6006499876543210,4321,
+    reverse,6006491234567897,1234,,3f2a6c1e-...,charged twice,,,,3790
+    adjust,6006491234567897,1234,-45.00,3f2a6c1e-...,loaded 50 not 5,,,,
+
+* ``replace``: the card's whole balance onto the card in ``new_card_number`` /
+  ``new_security_code`` (sold when it never was, else reloaded), then the card blocked;
+  ``amount`` empty (the balance, at most 500.00: one sale or reload moves it);
+* ``reverse``: undoes the card's transaction whose hostRef is ``host_ref`` (a redemption by
+  a reload, a sale or reload by a redemption), once ever; ``amount`` empty;
+* ``adjust``: a signed correction in ``amount`` (``12.50`` loads, ``-45.00`` takes off;
+  never zero);
+* each needs ``store_id`` and ``reason``; ``pos_ref`` stays empty (each step carries its
+  case's own mark, ``case <id> <step>``); the new columns stay empty on other rows.
+
+A case row is applied exactly once like any row: ``replace`` and ``reverse`` are the
+case of those cards / that hostRef (whoever runs it, from whichever file: a rerun, or a
+colleague's file, finds it done), ``adjust`` is keyed by the row's own key (identical rows
+on two lines are two corrections). Its ``host_ref`` result is the hostRef of its last money
+step, ``new_balance`` what the row's card holds after, and the description names the case
+id (``audit.read(log, case_id=...)`` shows its steps). A case refused or undone is
+``declined`` (nothing moved); one stopped by a lost answer is ``error``, and the next run
+finishes it. A ``replace`` row runs after the earlier rows of both its cards, and before
+their later ones.
 
 Files as Excel and Google Sheets write them are read as they are:
 
@@ -86,16 +113,26 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from giftcard_toolkit import errors, models
-from giftcard_toolkit.cards import Card, card_number_problem, luhn_valid, security_code_problem
+from giftcard_toolkit.cards import (
+    CARD_LIKE,
+    Card,
+    card_number_problem,
+    luhn_valid,
+    security_code_problem,
+)
 from giftcard_toolkit.frames import MONEY
-from giftcard_toolkit.ops import operations
+from giftcard_toolkit.ops import cases, operations
 from giftcard_toolkit.ops.audit import AuditLog, scrub
 from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, is_money_amount
 
 COLUMNS = ["operation", "card_number", "security_code", "amount", "store_id", "reason", "pos_ref"]
+# Optional in the header; read by the card-case rows (replace: the new card; reverse: the
+# hostRef of the transaction to undo).
+CASE_COLUMNS = ["new_card_number", "new_security_code", "host_ref"]
 MONEY_OPERATIONS = set(operations.MONEY_OPERATIONS)
 STATUS_OPERATIONS = set(operations.STATUS_OPERATIONS)
-OPERATIONS = set(operations.OPERATIONS)
+CASE_OPERATIONS = {"replace", "reverse", "adjust"}
+OPERATIONS = set(operations.OPERATIONS) | CASE_OPERATIONS
 _RESULT_COLUMNS: dict[str, Any] = {
     "line": pl.Int64,
     "operation": pl.String,
@@ -181,6 +218,8 @@ class Fix:
     # The key this row had before amounts were keyed in cents ("25" and "25.00" alike),
     # when it differs: a journal that knows it keeps it (see ``_keep_journalled_keys``).
     legacy_key: str | None = None
+    new_card: Card | None = None  # replace: the card the balance moves onto
+    reversed_ref: str | None = None  # reverse: the hostRef of the transaction to undo
 
     def __repr__(self) -> str:
         return f"Fix(line={self.line}, {self.operation} {self.card.masked})"
@@ -271,7 +310,7 @@ def _column_name(text: str) -> str:
     return re.sub(r"[\s_\-.]+", "", unicodedata.normalize("NFKC", text)).lower()
 
 
-_WANTED = {_column_name(c): c for c in COLUMNS}
+_WANTED = {_column_name(c): c for c in [*COLUMNS, *CASE_COLUMNS]}
 
 
 @dataclass(frozen=True)
@@ -347,7 +386,8 @@ def _read_table(content: bytes) -> _Table:
             continue
         if not any(c.strip() for c in cells):
             continue  # a blank line, or Excel's ",,,,,," under the data
-        row = {c: (cells[i] if i < len(cells) else "") for c, i in positions.items()}
+        row = dict.fromkeys(CASE_COLUMNS, "")
+        row.update({c: (cells[i] if i < len(cells) else "") for c, i in positions.items()})
         extra = [c for c in cells[len(header) :] if c.strip()]
         rows.append((start, row, extra))
     return _Table(encoding, separator, header_line, rows)
@@ -445,13 +485,49 @@ def parse_amount(text: str, separator: str = ",") -> Decimal:
     return amount
 
 
+_ZERO = re.compile(r"[^1-9]*0[^1-9]*")
+
+
+def parse_signed_amount(text: str, separator: str = ",") -> Decimal:
+    """A signed, non-zero amount (an ``adjust`` row's): ``12.50``, ``-45.00``, ``-$45.00``,
+    ``(45.00)`` as accounting formats write a negative; otherwise read as
+    :func:`parse_amount` reads amounts. :class:`AmountError` when it is not one, or zero."""
+    raw = text.strip()
+    if not raw:
+        raise AmountError(
+            "amount is empty: adjust needs the signed correction, e.g. 12.50 or -45.00"
+        )
+    body, negative = raw.replace("\u2212", "-"), False
+    bracketed = re.fullmatch(r"\((.*)\)", body)
+    if bracketed:
+        body, negative = bracketed[1].strip(), True
+    found = _MONEY_TEXT.match(body)
+    if found is not None and "-" in found["sign"] + found["sign2"]:
+        if negative:
+            raise AmountError(f"amount {scrub(raw)!r} is negative twice: write it like -45.00")
+        body, negative = body.replace("-", "", 1), True
+    if _ZERO.fullmatch(body):
+        raise AmountError(
+            f"amount {scrub(raw)!r} is zero: an adjustment changes the balance, e.g. 12.50 "
+            "to load or -45.00 to take off"
+        )
+    try:
+        amount = parse_amount(body, separator)
+    except AmountError as bad:
+        said = str(bad).replace(repr(scrub(body)), repr(scrub(raw)))
+        raise AmountError(
+            said.replace("must be above zero with", "must be a non-zero amount with")
+        ) from None
+    return -amount if negative else amount
+
+
 _SCIENTIFIC = re.compile(r"^[0-9]+(?:[.,][0-9]+)?[eE][+-]?[0-9]+$")
 
 
-def _card_problem(value: str) -> str | None:
+def _card_problem(value: str, column: str = "card_number") -> str | None:
     if _SCIENTIFIC.match(value):
         return (
-            "card_number is in scientific notation (like 6.00649E+15): Excel or Google Sheets "
+            f"{column} is in scientific notation (like 6.00649E+15): Excel or Google Sheets "
             "read the card numbers as numbers, which keep 15 significant digits at most, so "
             f"the number is lost from this file; {_AS_TEXT}"
         )
@@ -464,18 +540,118 @@ def _card_problem(value: str) -> str | None:
             " (or, as it ends in 0, Excel stored it as a number and replaced its 16th digit "
             f"with 0; {_AS_TEXT})"
         )
-    return f"card_number {problem}"
+    return f"{column} {problem}"
 
 
-def _code_problem(code: str) -> str | None:
+def _code_problem(code: str, column: str = "security_code") -> str | None:
     if code.isdigit() and len(code) < 4:
         return (
-            f"security_code has {len(code)} digit(s), not 4: a code that starts with 0 "
+            f"{column} has {len(code)} digit(s), not 4: a code that starts with 0 "
             "loses its leading zero(s) when Excel or Google Sheets read the column as "
             f"numbers; {_AS_TEXT}"
         )
     problem = security_code_problem(code)
-    return None if problem is None else f"security_code {problem}"
+    return None if problem is None else f"{column} {problem}"
+
+
+def _digits(value: str) -> str:
+    return re.sub(r"[\s-]+", "", value)
+
+
+def _host_ref_problem(ref: str, card_number: str) -> str | None:
+    """Why a ``host_ref`` cell is no hostRef (never echoing what may be a card number)."""
+    if _SCIENTIFIC.match(ref):
+        return (
+            "host_ref is in scientific notation (like 1.23457E+11): the spreadsheet read the "
+            f"hostRefs as numbers and lost their digits; {_AS_TEXT}"
+        )
+    if _digits(ref) == _digits(card_number) or (
+        CARD_LIKE.fullmatch(ref) and card_number_problem(ref) is None
+    ):
+        return (
+            "host_ref holds a card number, not a hostRef (the reference of the transaction "
+            "to undo, from cases.history or the batch): is a column shifted?"
+        )
+    if len(ref) > 64 or any(c.isspace() or unicodedata.category(c) == "Cc" for c in ref):
+        return (
+            f"host_ref {scrub(ref[:70])!r} is not a hostRef (at most 64 characters, without "
+            "spaces): copy it from cases.history or the batch"
+        )
+    return None
+
+
+_ONLY_FOR = {
+    "new_card_number": "replace",
+    "new_security_code": "replace",
+    "host_ref": "reverse",
+}
+
+
+def _case_problems(
+    operation: str, row: dict[str, str], needs_code: bool, separator: str, why: list[str]
+) -> Decimal | None:
+    """Adds a card-case row's problems to ``why``; answers an adjust row's signed amount."""
+    if not GUID.match(row["store_id"].strip()):
+        why.append(f"store_id must be the store's GUID, e.g. {GUID_EXAMPLE}")
+    if not row["reason"].strip():
+        why.append(f"reason is required to {operation}: say why, for the audit log")
+    if row["pos_ref"].strip():
+        why.append(
+            f"pos_ref must be empty for {operation}: each step of a card case carries its "
+            "case's own mark (case <id> <step>)"
+        )
+    amount = None
+    if operation == "adjust":
+        try:
+            amount = parse_signed_amount(row["amount"], separator)
+        except AmountError as bad:
+            why.append(str(bad))
+    elif row["amount"].strip():
+        why.append(
+            "amount must be empty for replace: it moves the card's whole balance"
+            if operation == "replace"
+            else "amount must be empty for reverse: it undoes the transaction's own amount"
+        )
+    for column, used_by in _ONLY_FOR.items():
+        if used_by != operation and row[column].strip():
+            why.append(f"{column} is read for {used_by} rows only: leave it empty for {operation}")
+    if operation == "replace":
+        number, code = row["new_card_number"].strip(), row["new_security_code"].strip()
+        if not number:
+            why.append(
+                "new_card_number is empty: replace needs the card the balance moves onto "
+                "(columns new_card_number and new_security_code)"
+            )
+        else:
+            problem = _card_problem(number, "new_card_number")
+            if problem:
+                why.append(problem)
+            elif _digits(number) == _digits(row["card_number"]):
+                why.append(
+                    "new_card_number is the card itself: replace moves the balance onto "
+                    "another card"
+                )
+        if code:
+            problem = _code_problem(code, "new_security_code")
+            if problem:
+                why.append(problem)
+        elif needs_code:
+            why.append(
+                "new_security_code is empty (and no card key is configured to send the new "
+                "card encrypted)"
+            )
+    if operation == "reverse":
+        ref = row["host_ref"].strip()
+        if not ref:
+            why.append(
+                "host_ref is empty: reverse needs the hostRef of the card's transaction to "
+                "undo (cases.history(gc, card) lists them), in a host_ref column"
+            )
+        else:
+            problem = _host_ref_problem(ref, row["card_number"])
+            if problem:
+                why.append(problem)
+    return amount
 
 
 def _row_problems(
@@ -508,6 +684,14 @@ def _row_problems(
             why.append(f"store_id must be the store's GUID, e.g. {GUID_EXAMPLE}")
     if operation in STATUS_OPERATIONS and not row["reason"].strip():
         why.append("reason is required to block or unblock")
+    if operation in CASE_OPERATIONS:
+        amount = _case_problems(operation, row, needs_code, separator, why)
+    elif operation in OPERATIONS:
+        why.extend(
+            f"{column} is read for {used_by} rows only: leave it empty for {operation}"
+            for column, used_by in _ONLY_FOR.items()
+            if row[column].strip()
+        )
     if extra:
         name = _SEPARATORS[separator]
         why.append(
@@ -590,7 +774,20 @@ def validate(
         # encoded or separated, and "25" or "25.00" as Excel re-saves it): what it does,
         # and which of identical rows it is.
         cents = None if amount is None else amount.quantize(CENT)
-        key = key_of([operation, card.number, str(cents), store_id, reason, pos_ref], seen)
+        material: list[str | None] = [operation, card.number, str(cents), store_id, reason, pos_ref]
+        if operation in CASE_OPERATIONS:
+            new_card = (
+                Card(row["new_card_number"].strip(), row["new_security_code"].strip() or None)
+                if operation == "replace"
+                else None
+            )
+            reversed_ref = row["host_ref"].strip() if operation == "reverse" else None
+            material += [None if new_card is None else new_card.number, reversed_ref]
+            key = key_of(material, seen)
+            fix = Fix(line, operation, card, cents, store_id, reason, pos_ref, key)
+            fixes.append(dataclasses.replace(fix, new_card=new_card, reversed_ref=reversed_ref))
+            continue
+        key = key_of(material, seen)
         legacy = key_of(
             [operation, card.number, str(amount), store_id, reason, pos_ref], seen_legacy
         )
@@ -955,10 +1152,30 @@ class _Bar:
             self.shown.update(rows)
 
 
+def _cards_of(fix: Fix) -> tuple[str, ...]:
+    """The card numbers a row touches: a replace row, both cards."""
+    return (fix.card.number,) if fix.new_card is None else (fix.card.number, fix.new_card.number)
+
+
 def _by_card(fixes: Iterable[Fix]) -> list[list[Fix]]:
+    """The rows in chains that run one after another, each in file order: one card's rows,
+    joined with every card a replace row links to it (both cards of a replace change)."""
+    rows = list(fixes)
+    parent: dict[str, str] = {}
+
+    def root(number: str) -> str:
+        parent.setdefault(number, number)
+        while parent[number] != number:
+            parent[number] = parent[parent[number]]
+            number = parent[number]
+        return number
+
+    for fix in rows:
+        if fix.new_card is not None:
+            parent[root(fix.card.number)] = root(fix.new_card.number)
     chains: dict[str, list[Fix]] = {}
-    for fix in fixes:
-        chains.setdefault(fix.card.number, []).append(fix)
+    for fix in rows:
+        chains.setdefault(root(fix.card.number), []).append(fix)
     return list(chains.values())
 
 
@@ -989,7 +1206,8 @@ def _apply(
     stop = threading.Event()
     halted: list[str] = []  # why the run stopped sending, once it did
 
-    def attempt(fix: Fix) -> tuple[dict[str, Any], operations.Outcome]:
+    def attempt(fix: Fix) -> tuple[dict[str, Any], bool, BaseException | None]:
+        """(the result row, whether its outcome is definite, the failure if any)."""
         if fix.operation != "balance":
             book.add(
                 {
@@ -1001,6 +1219,11 @@ def _apply(
                     "idempotency_key": fix.key,
                 }
             )
+        if fix.operation in CASE_OPERATIONS:  # the case records its own steps
+            entry, failure = _run_case(client, fix, log)
+            if entry["status"] != ERROR:
+                book.add({"event": "done", **entry}, durable=False)
+            return entry, entry["status"] != ERROR, failure
         outcome = operations.apply(client, fix.as_operation())
         entry = _result(fix, outcome)
         if outcome.definite and fix.operation != "balance":
@@ -1018,33 +1241,43 @@ def _apply(
                 description=entry["description"],
                 idempotency_key=fix.key,
             )
-        return entry, outcome
+        return entry, outcome.definite, outcome.error
 
-    def chain(card_rows: list[Fix]) -> list[tuple[str, dict[str, Any]]]:
-        """One card's rows, in file order."""
+    def chain(rows: list[Fix]) -> list[tuple[str, dict[str, Any]]]:
+        """A chain's rows, in file order; after a row of unknown outcome, the later rows
+        of its card(s) wait (a replace row's: both cards')."""
         out: list[tuple[str, dict[str, Any]]] = []
-        waiting_on: int | None = None
-        for fix in card_rows:
+        waiting: dict[str, tuple[int, tuple[str, ...]]] = {}  # card -> (line, its cards)
+        for fix in rows:
+            cards = _cards_of(fix)
+            held = next((waiting[c] for c in cards if c in waiting), None)
             if stop.is_set():
                 entry = _not_sent(fix, halted[0] if halted else "the run was stopped")
-            elif waiting_on is not None:
+            elif held is not None:
+                line, of = held
+                which = (
+                    "the same card"
+                    if fix.card.number in of
+                    else "a card a replace row links to this one"
+                )
                 entry = _not_sent(
                     fix,
-                    f"not sent: line {waiting_on} (the same card) has an unknown outcome, and "
-                    "this row must follow it; run the file again",
+                    f"not sent: line {line} ({which}) has an unknown outcome, and this row "
+                    "must follow it; run the file again",
                 )
+                waiting.update(dict.fromkeys(cards, (line, (*of, *cards))))
             else:
                 try:
-                    entry, outcome = attempt(fix)
+                    entry, definite, failure = attempt(fix)
                 except BaseException:  # Ctrl-C, a crash: no other row may start now
                     stop.set()
                     raise
-                if not outcome.definite and fix.operation != "balance":
-                    waiting_on = fix.line
-                if isinstance(outcome.error, errors.ConnectError | errors.AuthenticationError):
+                if not definite and fix.operation != "balance":
+                    waiting.update(dict.fromkeys(cards, (fix.line, cards)))
+                if isinstance(failure, errors.ConnectError | errors.AuthenticationError):
                     halted.append(
-                        f"not sent: the run stopped sending at line {fix.line} ({outcome.status}"
-                        f": {type(outcome.error).__name__}); run the file again"
+                        f"not sent: the run stopped sending at line {fix.line} "
+                        f"({entry['status']}: {type(failure).__name__}); run the file again"
                     )
                     stop.set()
             out.append((fix.key, entry))
@@ -1058,6 +1291,142 @@ def _apply(
         for done in _gather(futures, stop):
             results.update(done)
     return [results[f.key] for f in fixes]
+
+
+class _StepLog(AuditLog):
+    """A case's audit log for one bulk row: each step goes to bulk's log (if any), and what
+    the row needs is remembered (how many steps were recorded, the last decline's code)."""
+
+    def __init__(self, inner: AuditLog | None) -> None:  # no super(): it opens no file
+        self.path = inner.path if inner is not None else Path(os.devnull)
+        self.inner = inner
+        self.records = 0
+        self.declined_code: str | None = None
+
+    def record(self, **fields: Any) -> dict[str, Any]:
+        self.records += 1
+        if fields.get("outcome") == DECLINED and fields.get("statuscode"):
+            self.declined_code = fields["statuscode"]
+        return fields if self.inner is None else self.inner.record(**fields)
+
+
+def _case_entry(
+    fix: Fix,
+    status: str,
+    description: str,
+    *,
+    statuscode: str | None = None,
+    host_ref: str | None = None,
+    balance: Decimal | None = None,
+    replayed: bool = False,
+) -> dict[str, Any]:
+    return {
+        "line": fix.line,
+        "operation": fix.operation,
+        "card": fix.card.masked,
+        "status": status,
+        "statuscode": statuscode,
+        "description": scrub("; ".join(" ".join(t.split()) for t in description.splitlines())),
+        "host_ref": host_ref,
+        "new_balance": None if balance is None else str(balance),
+        "replayed": replayed,
+        "idempotency_key": fix.key,
+    }
+
+
+def _case_done(
+    fix: Fix, done: cases.Replacement | cases.Reversal | cases.Adjustment
+) -> dict[str, Any]:
+    """The result row of a case that completed (now, or by an earlier run: ``already
+    applied`` when every step was found done)."""
+    earlier = bool(done.steps) and all(s.earlier for s in done.steps)
+    if isinstance(done, cases.Replacement):
+        money = [s for s in done.steps if s.operation in MONEY_OPERATIONS]
+        host_ref = money[-1].host_ref if money else None
+        balance = done.old_balance
+        what = (
+            f"moved {done.moved:.2f} onto card {done.new_card} (which holds "
+            f"{done.new_balance:.2f} now) and blocked this card"
+        )
+    elif isinstance(done, cases.Reversal):
+        host_ref, balance = done.host_ref, done.balance
+        what = f"reversed {done.reversed_type} {done.reversed_host_ref} ({done.amount:.2f})"
+    else:
+        host_ref, balance = done.host_ref, done.balance
+        what = f"adjusted by {done.amount:+.2f}"
+    if earlier:
+        return _case_entry(
+            fix,
+            ALREADY_APPLIED,
+            f"applied earlier (every step of case {done.case_id} was found done; nothing "
+            f"moved now): {what}",
+            statuscode="000000",
+            host_ref=host_ref,
+            balance=balance,
+            replayed=True,
+        )
+    return _case_entry(
+        fix,
+        APPROVED,
+        f"{what}; case {done.case_id}",
+        statuscode="000000",
+        host_ref=host_ref,
+        balance=balance,
+    )
+
+
+def _run_case(
+    client: Any, fix: Fix, log: AuditLog | None
+) -> tuple[dict[str, Any], BaseException | None]:
+    """A card-case row through :mod:`cases` (which records each step it sends in the audit
+    log); its result row, and the failure if any. Never raises for what the server or the
+    network did."""
+    steps = _StepLog(log)
+    store, reason = fix.store_id, fix.reason or ""
+    failure: BaseException | None = None
+    done: cases.Replacement | cases.Reversal | cases.Adjustment
+    try:
+        if fix.operation == "replace":
+            assert fix.new_card is not None
+            done = cases.replace(client, fix.card, fix.new_card, store, reason, audit_log=steps)
+        elif fix.operation == "reverse":
+            ref = fix.reversed_ref or ""
+            done = cases.reverse(client, fix.card, ref, store, reason, audit_log=steps)
+        else:  # adjust: the row's own key (two identical rows are two corrections)
+            amount = fix.amount or Decimal(0)
+            done = cases.adjust(client, fix.card, amount, store, reason, fix.key, steps)
+        entry = _case_done(fix, done)
+    except cases.CaseIncomplete as stopped:
+        failure = stopped
+        entry = _case_entry(fix, ERROR, f"{stopped} (the next run of the file finishes it)")
+    except cases.CaseError as refused:
+        failure = refused
+        entry = _case_entry(fix, DECLINED, str(refused), statuscode=steps.declined_code)
+    except errors.Declined as declined:
+        failure = declined
+        entry = _case_entry(
+            fix, DECLINED, declined.description or str(declined), statuscode=declined.statuscode
+        )
+    except (errors.RequestRejected, errors.InvalidInput) as rejected:
+        failure = rejected
+        entry = _case_entry(fix, REJECTED, str(rejected))
+    except errors.GiftCardError as failed:
+        failure = failed
+        entry = _case_entry(fix, ERROR, str(failed))
+    if log is not None and steps.records == 0:  # no step was sent: the row is its record
+        log.record(
+            user=getattr(client, "username", "?"),
+            operation=f"bulk {fix.operation}",
+            outcome=APPROVED if entry["status"] == ALREADY_APPLIED else entry["status"],
+            card=fix.card,
+            amount=fix.amount,
+            store_id=fix.store_id,
+            host_ref=entry["host_ref"],
+            statuscode=entry["statuscode"],
+            description=entry["description"],
+            idempotency_key=fix.key,
+        )
+    return entry, failure
 
 
 @dataclass
@@ -1096,15 +1465,22 @@ def _money(amount: Decimal) -> str:
     return f"{amount:,.2f}"
 
 
+# A prediction: (status, status code, why, what the row's card would hold after it).
+_Prediction = tuple[str, str | None, str, Decimal | None]
+
+
 class _Predictor:
     """What the server would answer to each row, from the user's ``verify`` answer and the
-    cards' states, rows applied in file order."""
+    cards' states, rows applied in file order (a card case: as :mod:`cases` would run it,
+    from the cards' states and histories)."""
 
     def __init__(self, verification: models.Verification, user: str) -> None:
         self.user = user
         self.stores = {s.id.lower() for s in verification.stores}
         self.limit = _user_limit(verification)
         self.read_only = str(_field(verification.extra, "role") or "").lower() == "analyst"
+        self.done_cases: set[str] = set()  # replace cases an earlier row would complete
+        self.reversed: set[str] = set()  # hostRefs an earlier row would reverse
 
     def decline(self, fix: Fix, card: _CardState) -> tuple[str, str] | None:
         """(status code, why) of the decline the row would meet, or None."""
@@ -1112,7 +1488,7 @@ class _Predictor:
         if op == "balance":
             return None
         if self.read_only:
-            return "100017", f"user {self.user!r} may only read (role analyst)"
+            return self.reads_only()
         if op in STATUS_OPERATIONS:
             if card.state == "unsold":
                 return "100002", f"the card was never sold: there is nothing to {op}"
@@ -1121,9 +1497,20 @@ class _Predictor:
             if card.state == "blocked" and op == "block":
                 return "100015", "the card is blocked already"
             return None
-        if fix.store_id not in self.stores:
+        if op == "adjust":  # plus: a reload; minus: a redemption
+            op = "reload" if amount > 0 else "redeem"
+        return self.money_decline(op, abs(amount), fix.store_id, card)
+
+    def reads_only(self) -> tuple[str, str]:
+        return "100017", f"user {self.user!r} may only read (role analyst)"
+
+    def money_decline(
+        self, op: str, amount: Decimal, store_id: str | None, card: _CardState
+    ) -> tuple[str, str] | None:
+        """(status code, why) of the decline a sale, reload or redemption would meet."""
+        if store_id not in self.stores:
             return "100010", (
-                f"store {fix.store_id} is not one of the {len(self.stores)} store(s) user "
+                f"store {store_id} is not one of the {len(self.stores)} store(s) user "
                 f"{self.user!r} may act for"
             )
         if op == "sell" and card.state != "unsold":
@@ -1162,12 +1549,148 @@ class _Predictor:
         amount = fix.amount or Decimal(0)
         if fix.operation == "sell":
             card.state, card.balance = "active", amount
-        elif fix.operation == "reload":
-            card.balance += amount
+        elif fix.operation in ("reload", "adjust"):
+            card.balance += amount  # an adjustment's amount is signed
         elif fix.operation == "redeem":
             card.balance -= amount
         elif fix.operation in STATUS_OPERATIONS:
             card.state = "active" if fix.operation == "unblock" else "blocked"
+
+    def replace(
+        self,
+        fix: Fix,
+        old: _CardState,
+        new: _CardState,
+        case: Any,
+        old_history: pl.DataFrame,
+        new_history: pl.DataFrame,
+    ) -> _Prediction:
+        """A replace row, as ``cases.replace`` would run it; applies it when it would be."""
+        assert fix.new_card is not None
+        onto = fix.new_card.masked
+        took = case.found(old_history, case.marker("take"))
+        gave = case.found(new_history, case.marker("give"))
+        if case.id in self.done_cases or (took is not None and gave is not None):
+            return (
+                ALREADY_APPLIED,
+                None,
+                f"case {case.id} (this card onto {onto}) was done earlier: the run finds its "
+                "steps done and moves nothing",
+                old.balance,
+            )
+        if self.read_only:
+            return (WOULD_BE_DECLINED, *self.reads_only(), old.balance)
+        if case.found(old_history, case.marker("undo-take")) is not None:
+            return (
+                WOULD_BE_DECLINED,
+                None,
+                f"case {case.id} (this card onto {onto}) was undone earlier: fix what stopped "
+                "it, then replace with cases.replace and another key",
+                old.balance,
+            )
+
+        def refused(why: str, code: str | None = None) -> _Prediction:
+            return WOULD_BE_DECLINED, code, f"{why}; nothing would be sent", old.balance
+
+        if took is not None:
+            amount = Decimal(took["amount"])  # taken by an earlier run: the run gives it
+        else:
+            amount = old.balance
+            if amount <= 0:
+                return refused("the card holds nothing to move")
+            if old.state in ("unsold", "expired"):
+                return refused(f"the card is {old.state}: its balance cannot be moved")
+            if new.state not in ("unsold", "active"):
+                return refused(f"cannot move money onto card {onto}: it is {new.state}")
+            if amount > SERVER_MAX_LOAD:
+                return refused(
+                    f"the card holds {_money(amount)}, over the server's limit of "
+                    f"{_money(SERVER_MAX_LOAD)} per sale or reload: one sale or reload onto "
+                    f"{onto} cannot move it (nor one reload put it back)",
+                    "100012",
+                )
+            # The take: a redemption of the whole balance (a blocked card is unblocked
+            # for it, and blocked again).
+            taking = _CardState("active", old.balance, old.expires)
+            declined = self.money_decline("redeem", amount, fix.store_id, taking)
+            if declined is not None:
+                code, why = declined
+                return refused(f"taking {_money(amount)} off the card: {why}", code)
+        give = "sell" if new.state == "unsold" else "reload"
+        declined = self.money_decline(give, amount, fix.store_id, new)
+        if declined is not None:
+            code, why = declined
+            return (
+                WOULD_BE_DECLINED,
+                code,
+                f"card {onto} would refuse {_money(amount)} ({why}): the case would put it "
+                "back on this card, and nothing would move",
+                old.balance,
+            )
+        old.balance -= amount
+        old.state = "blocked"
+        new.state, new.balance = "active", new.balance + amount
+        self.done_cases.add(case.id)
+        return (
+            CHECKED,
+            "000000",
+            f"would move {_money(amount)} onto card {onto} (a {'sale' if give == 'sell' else give}"
+            f", which would then hold {_money(new.balance)}) and block this card",
+            old.balance,
+        )
+
+    def reverse(self, fix: Fix, card: _CardState, case: Any, history: pl.DataFrame) -> _Prediction:
+        """A reverse row, as ``cases.reverse`` would run it; applies it when it would be."""
+        ref = fix.reversed_ref or ""
+
+        def refused(why: str, code: str | None = None) -> _Prediction:
+            return WOULD_BE_DECLINED, code, f"{why}; nothing would be sent", card.balance
+
+        target = history.filter(pl.col("host_ref") == ref)
+        if target.is_empty():
+            return refused(
+                f"hostRef {ref} is not a transaction of this card (unknown, or another "
+                "card's): pick one from cases.history()"
+            )
+        tx = target.row(0, named=True)
+        if str(tx["pos_ref"] or "").startswith(f"case {case.id} "):
+            return refused(f"hostRef {ref} is this case's own step")
+        earlier = cases._reversals(history, ref)
+        mark = case.marker(f"reversal {ref}")
+        mine = [r for r in earlier if r["pos_ref"] == mark]
+        if mine or ref in self.reversed:
+            by = f" (hostRef {mine[0]['host_ref']})" if mine else " (by an earlier row)"
+            return (
+                ALREADY_APPLIED,
+                None,
+                f"hostRef {ref} was reversed earlier by this case{by}: the run finds it done "
+                "and moves nothing",
+                card.balance,
+            )
+        if earlier:
+            return refused(
+                f"hostRef {ref} was reversed already (by hostRef {earlier[0]['host_ref']})"
+            )
+        if self.read_only:
+            return (WOULD_BE_DECLINED, *self.reads_only(), card.balance)
+        amount, op = Decimal(tx["amount"]), cases._OPPOSITE[tx["type"]]
+        if op == "redeem" and card.balance < amount:
+            return refused(
+                f"reversing {tx['type']} {ref} takes {_money(amount)} off the card, which would "
+                f"hold {_money(card.balance)} by then"
+            )
+        declined = self.money_decline(op, amount, fix.store_id, card)
+        if declined is not None:
+            code, why = declined
+            return WOULD_BE_DECLINED, code, f"reversing {ref} by a {op}: {why}", card.balance
+        card.balance += amount if op == "reload" else -amount
+        self.reversed.add(ref)
+        return (
+            CHECKED,
+            "000000",
+            f"would reverse {tx['type']} {ref} ({_money(amount)}) by a {op}",
+            card.balance,
+        )
 
 
 def _predicted(
@@ -1209,6 +1732,8 @@ def _predict(
         ident = (fix.card.number, fix.card.security_code)
         cards.setdefault(ident, fix.card)
         rows_of[ident] += 1
+        if fix.new_card is not None:  # a replace row's new card is checked too
+            cards.setdefault((fix.new_card.number, fix.new_card.security_code), fix.new_card)
     bar = _Bar(shown)
     stop = threading.Event()
 
@@ -1241,30 +1766,77 @@ def _predict(
 
     predictor = _Predictor(verification, user)
     states: dict[str, _CardState] = {}
+    balances: dict[str, models.Balance] = {}
     for (number, _), found in checked.items():
         if isinstance(found, models.Balance) and number not in states:
             states[number] = _state_of(found)
+            balances[number] = found
+    histories, unread = _case_histories(client, todo, balances)
     unknown = book.unknown()
     results = dict(settled)
     for fix in todo:
         found = checked[(fix.card.number, fix.card.security_code)]
         state = states.get(fix.card.number)
+        new_found = (
+            None
+            if fix.new_card is None
+            else checked[(fix.new_card.number, fix.new_card.security_code)]
+        )
         if fix.key in unknown:
             results[fix.key] = _predicted(
                 fix,
                 CHECKED,
                 None,
                 "sent by an earlier run whose answer was lost: the run sends it again under "
-                "the same key, and the server applies it at most once",
+                "the same key, and the server applies it at most once"
+                if fix.operation not in CASE_OPERATIONS
+                else "started by an earlier run whose answer was lost: the run finishes the "
+                "case, applying each of its steps once",
                 None,
             )
         elif isinstance(found, errors.Declined):
             results[fix.key] = _predicted(
                 fix, WOULD_BE_DECLINED, found.statuscode, scrub(found.description), None
             )
+        elif isinstance(new_found, errors.Declined):
+            assert fix.new_card is not None
+            why = f"the new card {fix.new_card.masked}: {scrub(new_found.description)}"
+            results[fix.key] = _predicted(fix, WOULD_BE_DECLINED, new_found.statuscode, why, None)
         elif isinstance(found, errors.GiftCardError) or state is None:
             why = scrub(str(found)) if isinstance(found, errors.GiftCardError) else "no check"
             results[fix.key] = _predicted(fix, NOT_CHECKED, None, f"not checked: {why}", None)
+        elif fix.new_card is not None and fix.new_card.number not in states:
+            why = scrub(str(new_found)) if new_found is not None else "no check"
+            results[fix.key] = _predicted(
+                fix, NOT_CHECKED, None, f"not checked: the new card: {why}", None
+            )
+        elif fix.operation in ("replace", "reverse") and unread is not None:
+            results[fix.key] = _predicted(
+                fix, NOT_CHECKED, None, f"not checked: the card's history: {unread}", None
+            )
+        elif fix.operation == "replace":
+            assert fix.new_card is not None
+            old_ref, new_ref = (balances[c.number].card_ref for c in (fix.card, fix.new_card))
+            identity = f"{old_ref or client.derived_key(fix.card.number)}>" + (
+                new_ref or client.derived_key(fix.new_card.number)
+            )
+            # The case's id and step marks, as cases.replace derives them (its default key).
+            case = cases._Case(client, "replace", identity, None, None)
+            status, code, why, after = predictor.replace(
+                fix,
+                state,
+                states[fix.new_card.number],
+                case,
+                histories[fix.card.number],
+                histories[fix.new_card.number],
+            )
+            results[fix.key] = _predicted(fix, status, code, why, after)
+        elif fix.operation == "reverse":
+            case = cases._Case(client, "reverse", fix.reversed_ref or "", None, None)
+            status, code, why, after = predictor.reverse(
+                fix, state, case, histories[fix.card.number]
+            )
+            results[fix.key] = _predicted(fix, status, code, why, after)
         else:
             declined = predictor.decline(fix, state)
             if declined is not None:
@@ -1276,3 +1848,25 @@ def _predict(
                     fix, CHECKED, "000000", "would be approved", state.balance
                 )
     return [results[f.key] for f in fixes]
+
+
+def _case_histories(
+    client: Any, fixes: list[Fix], balances: dict[str, models.Balance]
+) -> tuple[dict[str, pl.DataFrame], str | None]:
+    """The histories of the cards that replace and reverse rows are about (one fetch of the
+    batches, as ``cases.history`` reads them), and why they could not be read, if so."""
+    wanted = {
+        number
+        for f in fixes
+        if f.operation in ("replace", "reverse")
+        for number in _cards_of(f)
+        if number in balances
+    }
+    if not wanted:
+        return {}, None
+    numbers = sorted(wanted)
+    try:
+        found = cases._histories(client, [balances[n] for n in numbers], None, None)
+    except errors.GiftCardError as failed:
+        return {}, scrub(str(failed))
+    return dict(zip(numbers, found, strict=True)), None

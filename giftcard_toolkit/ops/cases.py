@@ -45,6 +45,7 @@ import polars as pl
 
 from giftcard_toolkit import _protocol, errors, frames, models
 from giftcard_toolkit.cards import Card
+from giftcard_toolkit.client import CardLike
 from giftcard_toolkit.ops import operations
 from giftcard_toolkit.ops.audit import AuditLog
 from giftcard_toolkit.rules import is_money_amount
@@ -52,6 +53,10 @@ from giftcard_toolkit.rules import is_money_amount
 # How often a step answered 409 (the same step in flight from another thread or
 # colleague with the same key) is asked again before the case stops.
 CONFLICT_RETRIES = 6
+# The contract's limit per sale or reload (status 100012; configurable on a server). A
+# replacement moves the whole balance in one sale or reload, and would put it back in one
+# reload if the new card refused it: a card holding more is refused before anything moves.
+MAX_LOAD = Decimal("500.00")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
 
@@ -134,7 +139,7 @@ class Adjustment:
 
 
 def history(
-    client: Any, card: Card | str, since: date | None = None, until: date | None = None
+    client: Any, card: CardLike, since: date | None = None, until: date | None = None
 ) -> pl.DataFrame:
     """Every transaction of ``card`` in every store the user can see, oldest first, in
     ``frames.TRANSACTION_SCHEMA``. Matched by the card's ``cardref``; a server that sends
@@ -201,7 +206,7 @@ class _Case:
         rows = history.filter(pl.col("pos_ref") == marker)
         return None if rows.is_empty() else rows.row(0, named=True)
 
-    def earlier(self, step: str, card: Card | str, tx: dict[str, Any]) -> None:
+    def earlier(self, step: str, card: CardLike, tx: dict[str, Any]) -> None:
         """A step an earlier run applied, as the card's history shows it."""
         name = "sell" if tx["type"] == "sale" else str(tx["type"])
         self.steps.append(
@@ -212,7 +217,7 @@ class _Case:
         self,
         step: str,
         name: str,
-        card: Card | str,
+        card: CardLike,
         *,
         amount: Decimal | None = None,
         store: Any = None,
@@ -269,7 +274,7 @@ class _Case:
         return CaseError(f"{self.kind} case {self.id}: {message}", self.steps)
 
 
-def _masked(card: Card | str) -> str:
+def _masked(card: CardLike) -> str:
     return card.masked if isinstance(card, Card) else "(token)"
 
 
@@ -288,8 +293,8 @@ def _load_name(balance: models.Balance) -> str:
 
 def replace(
     client: Any,
-    old: Card | str,
-    new: Card | str,
+    old: CardLike,
+    new: CardLike,
     store: Any,
     reason: str,
     key: str | None = None,
@@ -333,6 +338,12 @@ def replace(
                 f"cannot move money onto card {_masked(new)}: it is {before_new.state}; "
                 "nothing was sent"
             )
+        if amount > MAX_LOAD:
+            raise case.fail(
+                f"card {_masked(old)} holds {amount:.2f}, more than the {MAX_LOAD:.2f} one sale "
+                "or reload may load (100012): it cannot be moved in one step, nor put back if "
+                "the new card refused it; nothing was sent"
+            )
     else:
         amount = Decimal(took["amount"])
         case.earlier("take", old, took)
@@ -349,7 +360,14 @@ def replace(
     if gave is None:
         given = case.send("give", _load_name(before_new), new, amount=amount, store=store_id)
         if given.status != "approved":
-            case.send("undo-take", "reload", old, amount=amount, store=store_id)
+            undone = case.send("undo-take", "reload", old, amount=amount, store=store_id)
+            if undone.status != "approved":
+                raise case.fail(
+                    f"card {_masked(new)} refused {amount:.2f} ({given.description}), and "
+                    f"putting it back on {_masked(old)} was refused too ({undone.description}): "
+                    f"{amount:.2f} is on neither card: once the cause is fixed, reload it onto "
+                    f"{_masked(old)} by hand (this case's keys would replay both refusals)"
+                )
             if unblocked or before_old.state == "blocked":
                 case.send("reblock", "block", old, reason=f"replacement undone: {why}")
             raise case.fail(
@@ -375,8 +393,8 @@ def replace(
     )
 
 
-def _number(card: Card | str) -> str:
-    return card.number if isinstance(card, Card) else card
+def _number(card: CardLike) -> str:
+    return card.number if isinstance(card, Card) else card.token
 
 
 # ------------------------------------------------------------------ reverse
@@ -387,7 +405,7 @@ _OPPOSITE = {"redeem": "reload", "reload": "redeem", "sale": "redeem"}
 
 def reverse(
     client: Any,
-    card: Card | str,
+    card: CardLike,
     host_ref: str,
     store: Any,
     reason: str,
@@ -453,7 +471,7 @@ def _reversals(history: pl.DataFrame, host_ref: str) -> list[dict[str, Any]]:
 
 
 def _reversal(
-    case: _Case, card: Card | str, tx: dict[str, Any], host_ref: str, balance: Decimal | None
+    case: _Case, card: CardLike, tx: dict[str, Any], host_ref: str, balance: Decimal | None
 ) -> Reversal:
     return Reversal(
         case_id=case.id,
@@ -472,7 +490,7 @@ def _reversal(
 
 def adjust(
     client: Any,
-    card: Card | str,
+    card: CardLike,
     amount: Decimal | int | str,
     store: Any,
     reason: str,

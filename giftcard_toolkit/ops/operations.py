@@ -16,6 +16,7 @@ from typing import Any
 
 from giftcard_toolkit import errors, models
 from giftcard_toolkit.cards import Card
+from giftcard_toolkit.client import CardLike
 
 MONEY_OPERATIONS = ("sell", "reload", "redeem")
 STATUS_OPERATIONS = ("block", "unblock")
@@ -29,7 +30,7 @@ class Operation:
     """What to do to one card. ``key`` is the Idempotency-Key of a money or status change."""
 
     name: str
-    card: Card | str
+    card: CardLike
     amount: Decimal | None = None
     store: Any = None  # a store id or a Store
     reason: str | None = None
