@@ -367,6 +367,23 @@ def raise_for_problem(response: httpx.Response) -> None:
         raise errors.RequestRejected(
             f"400 from {path}: {listed or detail}", status=status, body=body, errors=field_errors
         )
+    if status == 429:
+        wait = response.headers.get("retry-after", "")
+        retry_after = int(wait) if wait.isdigit() else None
+        when = f"try again in {retry_after} s" if retry_after is not None else "try again later"
+        raise errors.TooManyAttempts(
+            f"429 from {path}: too many failed sign-ins for this username from this address; "
+            f"{when}, with the right password (every attempt until then is refused)",
+            status=status,
+            body=body,
+            retry_after=retry_after,
+        )
+    if status == 413:
+        raise errors.RequestRejected(
+            f"413 from {path}: {detail}. The request is larger than the server accepts",
+            status=status,
+            body=body,
+        )
     if status == 409:
         raise errors.IdempotencyConflict(f"409 from {path}: {detail}", status=status, body=body)
     if status == 422:
@@ -426,19 +443,28 @@ def retry_delay(
     return float(backoff * (2**attempt))
 
 
-def transport_error(call: Call[Any], error: httpx.RequestError) -> errors.TransportError:
+def transport_error(
+    call: Call[Any], error: httpx.RequestError, earlier_attempts: int = 0
+) -> errors.TransportError:
     """The toolkit's error for a failed send or an unreadable answer (any
-    ``httpx.RequestError``); the message never holds card data."""
+    ``httpx.RequestError``) after ``earlier_attempts`` other sends of the same call; the
+    message never holds card data."""
     what = type(error).__name__
-    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
-        return errors.ConnectError(
-            f"could not connect for {call.label} ({what}), so it was not applied: is the "
-            f"server at {call.request.url.scheme}://{call.request.url.netloc.decode()} up?"
-        )
     may_have = (
         "it may have been applied; send it again with the same idempotency key to "
         "learn its outcome (a money-moving call is then never applied twice)"
     )
+    if isinstance(error, httpx.ConnectError | httpx.ConnectTimeout):
+        server = f"{call.request.url.scheme}://{call.request.url.netloc.decode()}"
+        if earlier_attempts:  # this one never left, but an earlier one may have arrived
+            return errors.ConnectError(
+                f"could not connect for {call.label} ({what}) after {earlier_attempts} "
+                f"earlier attempt(s): {may_have}; is the server at {server} up?"
+            )
+        return errors.ConnectError(
+            f"could not connect for {call.label} ({what}), so it was not applied: is the "
+            f"server at {server} up?"
+        )
     if isinstance(error, httpx.TimeoutException):
         return errors.Timeout(f"no answer in time for {call.label} ({what}): {may_have}")
     if isinstance(error, httpx.DecodingError):

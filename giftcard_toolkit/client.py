@@ -21,8 +21,10 @@ its token reused until 30 s before it expires; concurrent calls for one card sha
 ``/v1/Token`` request, and a wrong security code is sent once (never again by this
 client), so it cannot lock the card. A ``100007`` decline (token expired or unknown)
 re-tokenizes once and retries under the same Idempotency-Key. A card without a security
-code travels ``encrypted`` when a card key or cipher is configured. A plain string is
-taken as a token.
+code travels ``encrypted`` when a card key or cipher is configured. A token is passed as
+the :class:`~giftcard_toolkit.models.Token` that ``tokenize()`` returns (or
+``Token(value, expires_at)`` for one obtained elsewhere); a plain string is refused before
+anything is sent, since card numbers and the API's tokens are both 16 digits.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ log = logging.getLogger("giftcard_toolkit")
 T = TypeVar("T")
 Flow = Generator[Call[Any], Any, T]
 RENEW_BEFORE = timedelta(seconds=30)
-CardLike = Card | str
+CardLike = Card | models.Token
 
 
 def _env_settings() -> dict[str, Any]:
@@ -176,11 +178,18 @@ class _Core:
     ) -> Flow[tuple[dict[str, str], str]]:
         """(the request's card field, the card masked). ``refused`` is a token the server
         refused (100007): it is forgotten and the card tokenized again."""
+        if isinstance(card, models.Token):
+            return {"cardtoken": card.token}, "(token)"
         if isinstance(card, str):
-            return {"cardtoken": card}, "(token)"
+            raise errors.InvalidInput(
+                "a card is not a plain string (a card number and a token are both 16 digits, "
+                "so it could be either): pass Card(number, security_code), or the Token that "
+                "tokenize() returned; nothing was sent"
+            )
         if not isinstance(card, Card):
             raise errors.InvalidInput(
-                "card must be a Card(number, security_code), a demo card or a token string"
+                "card must be a Card(number, security_code), a demo card, or the Token that "
+                f"tokenize() returned, not {type(card).__name__}; nothing was sent"
             )
         if card.security_code:
             key = self._token_key(card)
@@ -450,7 +459,7 @@ class GiftCardClient(_Core):
             except httpx.RequestError as exc:
                 delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
                 if delay is None:
-                    raise _protocol.transport_error(call, exc) from None
+                    raise _protocol.transport_error(call, exc, attempt) from None
                 log.debug("%s failed (%s): retry in %.2f s", call.label, type(exc).__name__, delay)
                 time.sleep(delay)
                 continue
@@ -604,7 +613,7 @@ class AsyncGiftCardClient(_Core):
             except httpx.RequestError as exc:
                 delay = _protocol.retry_delay(call, attempt, self.attempts, self.backoff, error=exc)
                 if delay is None:
-                    raise _protocol.transport_error(call, exc) from None
+                    raise _protocol.transport_error(call, exc, attempt) from None
                 log.debug("%s failed (%s): retry in %.2f s", call.label, type(exc).__name__, delay)
                 await asyncio.sleep(delay)
                 continue

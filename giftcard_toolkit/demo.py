@@ -3,19 +3,38 @@
 ``giftcard-toolkit demo [--out reports/]`` runs each notebook in ``notebooks/`` headless
 (nbclient, in this Python environment), writes it as HTML (nbconvert) with its figures as
 PNG files, and prints where they are with a short summary of the demo data.
+
+Figures are named for what they show (``02-batch-analytics-liability.png``) and carry their
+description as the HTML's alt text: both come from the output's metadata, which the
+figures of :mod:`giftcard_toolkit.plots` put there (see :func:`giftcard_toolkit.plots.alt_text`).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# The kernels nbclient starts listen on loopback only, and every message is signed with a
+# key made for the run; ipykernel still warns at start that its TCP transport is not
+# encrypted, which readers of the demo's output take for a problem. Warnings only: errors
+# are still shown.
+KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=ERROR"]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure of a report: its PNG file and what it shows, in words."""
+
+    path: Path
+    alt: str
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,7 @@ class Report:
     html: Path
     figures: list[Path]
     seconds: float
+    alt_texts: list[str] = field(default_factory=list)  # one per figure, in order
 
 
 def run_notebook(source: Path, out: Path, timeout: int = 300) -> Report:
@@ -39,20 +59,66 @@ def run_notebook(source: Path, out: Path, timeout: int = 300) -> Report:
         timeout=timeout,
         kernel_name="python3",
         store_widget_state=False,
+        extra_arguments=KERNEL_ARGUMENTS,
         resources={"metadata": {"path": str(source.parent)}},
     ).execute()
+    figures = _figures(notebook, source.stem, out)
     html, _ = HTMLExporter().from_notebook_node(notebook)
     page = out / f"{source.stem}.html"
-    page.write_text(html, encoding="utf-8")
-    figures: list[Path] = []
+    page.write_text(_with_alt_texts(html, figures), encoding="utf-8")
+    return Report(
+        source.stem,
+        page,
+        [f.path for f in figures],
+        time.perf_counter() - started,
+        [f.alt for f in figures],
+    )
+
+
+def _figures(notebook: Any, stem: str, out: Path) -> list[Figure]:
+    """Write each PNG output as ``<stem>-<name>.png``, named by its ``giftcard_toolkit``
+    metadata (else by its place), and collect its alt text."""
+    figures: list[Figure] = []
+    names: set[str] = set()
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             png = output.get("data", {}).get("image/png")
-            if png:
-                figure = out / f"{source.stem}-{len(figures) + 1}.png"
-                figure.write_bytes(base64.b64decode(png))
-                figures.append(figure)
-    return Report(source.stem, page, figures, time.perf_counter() - started)
+            if not png:
+                continue
+            metadata = output.get("metadata", {})
+            number = len(figures) + 1
+            name = (
+                re.sub(
+                    r"[^a-z0-9]+",
+                    "-",
+                    str(metadata.get("giftcard_toolkit", {}).get("figure") or "").lower(),
+                ).strip("-")
+                or f"figure-{number}"
+            )
+            if name in names:
+                name = f"{name}-{number}"
+            names.add(name)
+            alt = metadata.get("image/png", {}).get("alt") or f"Figure {number} of {stem}"
+            path = out / f"{stem}-{name}.png"
+            path.write_bytes(base64.b64decode(png))
+            figures.append(Figure(path, " ".join(str(alt).split())))
+    return figures
+
+
+def _with_alt_texts(html: str, figures: list[Figure]) -> str:
+    """``html`` with each figure's image described by its alt text (nbconvert leaves
+    "No description has been provided for this image" otherwise)."""
+    from bs4 import BeautifulSoup  # nbconvert's own dependency, as its HTML exporter uses it
+
+    by_data = {base64.b64encode(f.path.read_bytes()).decode(): f.alt for f in figures}
+    soup = BeautifulSoup(html, features="html.parser")
+    for image in soup.select("img"):
+        source = str(image.get("src", ""))
+        if source.startswith("data:image/png;base64,"):
+            alt = by_data.get("".join(source.split(",", 1)[1].split()))
+            if alt:
+                image["alt"] = alt
+    return str(soup)
 
 
 def summary() -> dict[str, object]:

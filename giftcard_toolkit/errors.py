@@ -9,7 +9,9 @@
     │   └── Timeout               no answer in time
     ├── ProtocolError             an answer the toolkit cannot read
     ├── AuthenticationError       401: missing or wrong credentials
-    ├── RequestRejected           400: the server could not read the request (.errors)
+    │   └── TooManyAttempts       429: too many failed sign-ins from here (.retry_after)
+    ├── RequestRejected           400: the server could not read the request (.errors);
+    │                             413: the body is over the server's limit
     ├── IdempotencyConflict       409: a request with this Idempotency-Key is in flight
     ├── IdempotencyMismatch       422: the Idempotency-Key was used for another request
     ├── ServerError               5xx, and the 999999 system error
@@ -85,8 +87,21 @@ class AuthenticationError(_HttpProblem):
     """401: check the username and password (GIFTCARD_USERNAME / GIFTCARD_PASSWORD)."""
 
 
+class TooManyAttempts(AuthenticationError):
+    """429: too many failed authentications for this username from this address; the
+    server refuses every request of the pair, even with the right password, for
+    ``retry_after`` seconds (None when it did not say), longer while failures go on."""
+
+    def __init__(
+        self, message: str, *, status: int, body: Any = None, retry_after: int | None = None
+    ) -> None:
+        super().__init__(message, status=status, body=body)
+        self.retry_after = retry_after
+
+
 class RequestRejected(_HttpProblem):
-    """400: the server could not read the request; ``errors`` maps each field to why."""
+    """400: the server could not read the request; ``errors`` maps each field to why.
+    Also 413: the body is larger than the server reads (``status`` says which)."""
 
     def __init__(
         self,

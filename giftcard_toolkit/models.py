@@ -109,7 +109,12 @@ class Verification:
 
 @dataclass(frozen=True)
 class Token:
-    """A card token: a stand-in for the card number, valid until ``expires_at``."""
+    """A card token: a stand-in for the card number, valid until ``expires_at``.
+
+    ``tokenize()`` returns one; pass it wherever a card goes. A token obtained elsewhere is
+    wrapped as ``Token(value, expires_at)``: the client never takes a plain string as a
+    token, since card numbers and tokens are both 16 digits.
+    """
 
     token: str = field(repr=False)
     expires_at: datetime

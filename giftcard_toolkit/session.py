@@ -76,3 +76,45 @@ def open_session(**client_options: Any) -> Session:
         stack.close()
         raise
     return Session(client=client, server=server, stores=stores, _stack=stack)
+
+
+# ------------------------------------------------------------------ notebooks on any server
+
+CHANGES = "sales, reloads, redemptions, blocks, batch closes and bulk runs"
+
+
+def is_embedded_demo(session: Session) -> bool:
+    """Whether ``session`` talks to the demo server it started itself (thrown away with it)."""
+    return session.server is not None
+
+
+def may_change(session: Session, allow_changes: bool = False) -> bool:
+    """Whether a notebook may change the server it talks to: always the embedded demo (its
+    data goes when the session closes), any other server only when ``allow_changes``."""
+    return is_embedded_demo(session) or allow_changes is True
+
+
+def describe(session: Session, allow_changes: bool | None = None) -> str:
+    """Which server ``session`` talks to, as whom, and what a notebook will do there: the
+    sentence each notebook prints at its top. ``allow_changes`` is the notebook's parameter;
+    None for a notebook that only reads."""
+    import httpx
+
+    url = httpx.URL(session.client.base_url).copy_with(username=None, password=None)
+    where = f"Server: {url}, as {session.client.username!r}."
+    if is_embedded_demo(session):
+        return (
+            f"{where} It is the embedded demo server started for this notebook: seeded demo "
+            "data on loopback, thrown away when the notebook ends."
+        )
+    if allow_changes is None:
+        return f"{where} It is not the embedded demo: this notebook only reads there."
+    if may_change(session, allow_changes):
+        return (
+            f"{where} It is not the embedded demo, and allow_changes is True: this notebook "
+            f"makes real changes there ({CHANGES})."
+        )
+    return (
+        f"{where} It is not the embedded demo, so this notebook changes nothing there "
+        f"({CHANGES} are skipped); set allow_changes = True in its parameters cell to make them."
+    )

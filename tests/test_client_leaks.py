@@ -8,7 +8,7 @@ import logging
 import httpx
 import pytest
 
-from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, errors
+from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, Token, errors
 from giftcard_toolkit.server import running
 
 
@@ -99,7 +99,7 @@ async def test_every_operation_at_debug_leaks_nothing(kind, caplog):
             failures = [
                 lambda: gc.redeem(card, 1000, store),
                 lambda: gc.tokenize(wrong),
-                lambda: gc.balance(token.token[::-1]),
+                lambda: gc.balance(Token(token.token[::-1], token.expires_at)),
                 lambda: gc.sell(card, 12.5, store),
                 lambda: gc.sell(card, 5, store, idempotency_key="k"),
                 lambda: gc.sell(card, 6, store, idempotency_key="k"),

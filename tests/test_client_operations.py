@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import AsyncIterator
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -136,11 +136,11 @@ async def test_batches_and_close(gc, server, stock):
         await do(gc.close_batch(store))
 
 
-async def test_token_strings_and_encrypted_cards(gc, stock):
+async def test_tokens_and_encrypted_cards(gc, stock):
     card = stock.fresh()
     token = await do(gc.tokenize(card))
     assert "****" in repr(token) and token.token not in repr(token)
-    await do(gc.sell(token.token, 15, card.store_id))
+    await do(gc.sell(token, 15, card.store_id))  # the Token tokenize() returned
     by_number_only = Card(card.number)  # no security code: travels encrypted
     assert (await do(gc.balance(by_number_only))).balance == 15
 
@@ -176,7 +176,7 @@ async def test_each_decline_raises_its_own_class(gc, server, stock, action, erro
         "reload unsold": lambda: gc.reload(card, 5, store),
         "overdraw": None,
         "zero amount": lambda: gc.sell(card, 0, store),
-        "bad token": lambda: gc.balance("0000000000000000"),
+        "bad token": lambda: gc.balance(models.Token("0000000000000000", datetime.now(UTC))),
         "foreign store": lambda: gc.sell(card, 5, "00000000-0000-4000-8000-000000000000"),
         "over limit": lambda: gc.sell(card, "500.01", store),
         "bad cipher": None,

@@ -13,12 +13,13 @@ import contextlib
 import csv
 import logging
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import polars as pl
 
-from giftcard_toolkit import GiftCardClient, bulk, demo, errors, forms, frames
+from giftcard_toolkit import GiftCardClient, Token, bulk, demo, errors, forms, frames
 from giftcard_toolkit.server.runner import server_process
 from giftcard_toolkit.server.seed import read_card_stock
 
@@ -49,7 +50,8 @@ def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path,
                 for failing in (
                     lambda: gc.redeem(fresh[0], 1, store),  # insufficient balance
                     lambda: gc.sell(fresh[0], 1, store),  # already active
-                    lambda: gc.balance("0" * 16),  # an unknown token
+                    lambda: gc.balance(Token("0" * 16, datetime.now(UTC))),  # unknown token
+                    lambda: gc.balance(fresh[2].number),  # a bare string: refused, unsent
                 ):
                     with contextlib.suppress(errors.GiftCardError):
                         failing()

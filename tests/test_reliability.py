@@ -153,7 +153,7 @@ def test_lost_answers_through_a_proxy_are_applied_exactly_once(capsys):
                 direct.sell(card, "200.00", card.store_id)
             # Tokens are made directly: a lost /v1/Token answer is not retried (a resent
             # wrong code would count twice toward the lockout); money calls are.
-            tokens = {card.number: direct.tokenize(card).token for card in cards}
+            tokens = {card.number: direct.tokenize(card) for card in cards}
         with srv.ledger.read() as conn:
             before = conn.execute("SELECT count(*) FROM ledger").fetchone()[0]
         operations = 1000

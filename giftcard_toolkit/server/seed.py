@@ -1,9 +1,12 @@
 """The demo data set (contract §3): three stores, two users, 2,400 cards and 90 days of history.
 
 Everything is a function of the seed number and the anchor date, so notebooks and their
-outputs are reproducible. The history is made by the ledger's own operations (each with
-the clock set to the moment it happened), so the demo books obey the same rules as live
-ones; they are built in one transaction, which keeps seeding to a second or two.
+outputs are reproducible. The anchor may also be a moment (a ``datetime``, what ``serve``
+passes when no ``--as-of`` is given): the anchor day's trade then stops at that moment, so a
+demo anchored to today holds nothing later than now. The history is made by the ledger's
+own operations (each with the clock set to the moment it happened), so the demo books obey
+the same rules as live ones; they are built in one transaction, which keeps seeding to a
+second or two.
 
 Besides ordinary trade, the history holds a few stories for analysts to find: a card sold
 at one store and spent at another within the hour, a card redeemed many times in an hour,
@@ -76,6 +79,16 @@ class DemoData:
     users: dict[str, str]
     card_key: str
     card_stock: list[DemoCard] = field(repr=False)
+    # The stores each user may act for, by user name (store ids, in the stores' order).
+    grants: dict[str, list[str]] = field(default_factory=dict)
+
+    def grant_text(self, username: str) -> str:
+        """Which stores ``username`` may act for, in words: "all 3 stores" or their names."""
+        granted = self.grants.get(username, [])
+        if granted and len(granted) == len(self.stores):
+            return f"all {len(granted)} stores"
+        names = {store.id: store.name for store in self.stores}
+        return ", ".join(repr(names.get(store_id, store_id)) for store_id in granted) or "none"
 
 
 @dataclass(frozen=True)
@@ -123,10 +136,18 @@ class _SetClock:
 class _History:
     """Replays 90 days of trade through the ledger's own operations."""
 
-    def __init__(self, ledger: Ledger, plan: _Plan, seed_number: int, as_of: date) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        plan: _Plan,
+        seed_number: int,
+        as_of: date,
+        until: datetime | None = None,
+    ) -> None:
         self.ledger = ledger
         self.plan = plan
         self.as_of = as_of
+        self.until = until  # the anchor day's trade stops here (None: the whole day)
         self.tz: tzinfo = ledger.tz
         self.rng = random.Random(f"giftcard-demo-history-{seed_number}")
         cipher = ledger.card_cipher
@@ -285,11 +306,13 @@ class _History:
         if self.blocked:
             self.block(sorted(self.blocked)[0], True, "card found by the customer")
 
-    def play_day(self, day: date, steps: list[_Step]) -> None:
-        """Apply a day's steps in time order, each at its own second."""
+    def play_day(self, day: date, steps: list[_Step], until: datetime | None = None) -> None:
+        """Apply a day's steps in time order, each at its own second (none after ``until``)."""
         midnight = datetime.combine(day, time(0), self.tz)
         for second, _, action in sorted(steps, key=lambda step: (step[0], step[1])):
             self.clock.now = midnight + timedelta(seconds=second, microseconds=0)
+            if until is not None and self.clock.now > until:
+                break
             action()
 
     def close_day(self, day: date) -> None:
@@ -304,7 +327,8 @@ class _History:
             first = self.as_of - timedelta(days=HISTORY_DAYS - 1)
             for index in range(HISTORY_DAYS):
                 day = first + timedelta(days=index)
-                self.play_day(day, self.ordinary_steps() + self.story_steps(index))
+                until = self.until if day == self.as_of else None
+                self.play_day(day, self.ordinary_steps() + self.story_steps(index), until)
                 if day != self.as_of:  # the anchor date's batches stay open
                     self.close_day(day)
         finally:
@@ -323,13 +347,37 @@ def _demo_data(plan: _Plan, seed_number: int, as_of: date, ledger: Ledger) -> De
         )
         for c in plan.cards
     ]
+    grants: dict[str, list[str]] = {}
+    for name in DEMO_USERS:
+        record = ledger.user_record(name)
+        granted = record[1] if record is not None else frozenset()
+        grants[name] = [s.id for s in plan.stores if s.id in granted]
     return DemoData(
-        seed_number, as_of, plan.stores, dict(DEMO_USERS), demo_card_key(seed_number), stock
+        seed_number,
+        as_of,
+        plan.stores,
+        dict(DEMO_USERS),
+        demo_card_key(seed_number),
+        stock,
+        grants,
     )
 
 
+def _anchor(as_of: date, tz: tzinfo) -> tuple[date, datetime | None]:
+    """(the anchor date, the moment its trade stops): a ``datetime`` anchor is a moment."""
+    if isinstance(as_of, datetime):
+        moment = as_of.replace(tzinfo=tz) if as_of.tzinfo is None else as_of.astimezone(tz)
+        return moment.date(), moment
+    return as_of, None
+
+
 def seed_demo(ledger: Ledger, seed_number: int = 0, as_of: date = DEFAULT_AS_OF) -> DemoData:
-    """Fill an empty database with the demo data set; answers what a caller needs of it."""
+    """Fill an empty database with the demo data set; answers what a caller needs of it.
+
+    ``as_of`` is the anchor date (its batches stay open), or a ``datetime``: then the anchor
+    day's trade stops at that moment (``serve`` with no ``--as-of`` passes now).
+    """
+    as_of, until = _anchor(as_of, ledger.tz)
     plan = _plan(seed_number)
     if ledger.meta("kind") is not None or ledger.stores():
         raise NotADemoDatabase(f"{ledger.path} is not empty; seed a new database")
@@ -346,7 +394,7 @@ def seed_demo(ledger: Ledger, seed_number: int = 0, as_of: date = DEFAULT_AS_OF)
         ledger.add_cards(plan.cards)
         if ledger.card_cipher is None:
             ledger.card_cipher = AesGcmCardCipher.from_base64(demo_card_key(seed_number))
-        _History(ledger, plan, seed_number, as_of).run()
+        _History(ledger, plan, seed_number, as_of, until).run()
     return _demo_data(plan, seed_number, as_of, ledger)
 
 
@@ -366,7 +414,9 @@ def open_demo(
     try:
         if not existed or ledger.meta("kind") is None:
             return ledger, seed_demo(ledger, seed_number, as_of)
-        stored_as_of = date.fromisoformat(ledger.meta("as_of") or as_of.isoformat())
+        stored_as_of = date.fromisoformat(
+            ledger.meta("as_of") or _anchor(as_of, ledger.tz)[0].isoformat()
+        )
         return ledger, _demo_data(_plan(seed_number), seed_number, stored_as_of, ledger)
     except BaseException:
         ledger.close()
