@@ -5,6 +5,7 @@ the embedded server; errors are in ``giftcard_toolkit.errors``, results in ``mod
 """
 
 import importlib
+import importlib.metadata
 from typing import Any
 
 from giftcard_toolkit import errors, models
@@ -23,7 +24,10 @@ from giftcard_toolkit.models import (
     Verification,
 )
 
-__version__ = "0.1.0"
+try:  # one source of truth: the version pyproject.toml gave the installed package
+    __version__ = importlib.metadata.version("giftcard_toolkit")
+except importlib.metadata.PackageNotFoundError:  # run from a folder, not installed
+    __version__ = "0+unknown"
 
 # The wings' modules, importable from the top as before (``from giftcard_toolkit import
 # bulk``), loaded only when asked for: the client alone needs no widgets.

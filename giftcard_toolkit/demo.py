@@ -21,7 +21,8 @@ from typing import Any
 
 import polars as pl
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+# Shipped inside the package (in a clone, a link to the top-level notebooks/).
+NOTEBOOKS = Path(__file__).resolve().parent / "notebooks"
 # The kernels nbclient starts listen on loopback only, and every message is signed with a
 # key made for the run; ipykernel still warns at start that its TCP transport is not
 # encrypted, which readers of the demo's output take for a problem. Warnings only: errors
@@ -140,9 +141,56 @@ def summary() -> dict[str, object]:
     }
 
 
-def run(out: str | Path = "reports", notebooks: Path = NOTEBOOKS) -> list[Report]:
+class NothingToRun(RuntimeError):
+    """No notebook where notebooks were looked for: a run that did nothing is no success."""
+
+
+def notebooks_in(folder: Path | None = None) -> list[Path]:
+    """The notebooks of ``folder`` (the shipped ones by default), in order;
+    :class:`NothingToRun` when there are none."""
+    folder = folder or NOTEBOOKS
+    found = sorted(folder.glob("*.ipynb"))
+    if not found:
+        raise NothingToRun(
+            f"no notebooks in {folder}: the installation is incomplete (reinstall "
+            "giftcard_toolkit), or the folder given holds none"
+        )
+    return found
+
+
+def run(out: str | Path = "reports", notebooks: Path | None = None) -> list[Report]:
     """Run every notebook into ``out``; returns one report each (raises on a failed cell)."""
+    sources = notebooks_in(notebooks)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.pop("GIFTCARD_URL", None)  # the demo runs on the embedded server
-    return [run_notebook(source, out) for source in sorted(notebooks.glob("*.ipynb"))]
+    return [run_notebook(source, out) for source in sources]
+
+
+def copy_notebooks(dest: str | Path, notebooks: Path | None = None) -> list[Path]:
+    """Copy the shipped notebooks into ``dest`` to start one's own analysis from.
+
+    A file already there that is the same is left as it is; one that differs (your edits)
+    is never overwritten: the copy is refused, naming them, before anything is written.
+    """
+    dest = Path(dest)
+    sources = notebooks_in(notebooks)
+    changed = [
+        dest / s.name
+        for s in sources
+        if (dest / s.name).exists() and (dest / s.name).read_bytes() != s.read_bytes()
+    ]
+    if changed:
+        names = ", ".join(p.name for p in changed)
+        raise FileExistsError(
+            f"{names} in {dest} differ from the shipped notebooks (your changes?): nothing "
+            "was copied; move them aside or copy into another folder"
+        )
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for source in sources:
+        target = dest / source.name
+        if not target.exists():
+            target.write_bytes(source.read_bytes())
+            copied.append(target)
+    return copied
