@@ -33,7 +33,7 @@ class InvalidSecurityCode(ValueError):
 
 def luhn_valid(digits: str) -> bool:
     """True when ``digits`` (a string of digits) passes the Luhn checksum."""
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         return False
     total = 0
     for position, char in enumerate(reversed(digits)):
@@ -62,7 +62,7 @@ def card_number_problem(value: object) -> str | None:
     if not isinstance(value, str):
         return "must be a string of 16 digits"
     digits = _SEPARATORS.sub("", value)
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         return "must contain only digits (spaces and dashes are ignored)"
     if len(digits) != CARD_NUMBER_LENGTH:
         return f"must be {CARD_NUMBER_LENGTH} digits, got {len(digits)}"
@@ -83,7 +83,7 @@ def security_code_problem(value: object) -> str | None:
     """Why ``value`` is not a security code (4 digits), or None when it is."""
     if not isinstance(value, str):
         return "must be a string of 4 digits"
-    if len(value) != SECURITY_CODE_LENGTH or not value.isdigit():
+    if len(value) != SECURITY_CODE_LENGTH or not (value.isascii() and value.isdigit()):
         return f"must be {SECURITY_CODE_LENGTH} digits"
     return None
 

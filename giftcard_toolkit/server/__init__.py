@@ -6,7 +6,7 @@ Nothing here imports the client side of the toolkit.
 """
 
 from giftcard_toolkit.server.app import create_app
-from giftcard_toolkit.server.auth import hash_password
+from giftcard_toolkit.server.auth import Throttle, hash_password
 from giftcard_toolkit.server.ledger import Ledger, Limits, Store
 from giftcard_toolkit.server.runner import RunningServer, running, serve
 from giftcard_toolkit.server.seed import DemoCard, DemoData, open_demo, read_card_stock, seed_demo
@@ -18,6 +18,7 @@ __all__ = [
     "Limits",
     "RunningServer",
     "Store",
+    "Throttle",
     "create_app",
     "hash_password",
     "open_demo",

@@ -32,7 +32,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from giftcard_toolkit.rules import GUID, GUID_EXAMPLE
 from giftcard_toolkit.server import schemas
-from giftcard_toolkit.server.auth import REALM, Authenticator, User
+from giftcard_toolkit.server.auth import (
+    REALM,
+    Authenticator,
+    Throttle,
+    User,
+    printable,
+    username_of,
+)
 from giftcard_toolkit.server.fields import (
     DATE,
     Fields,
@@ -62,7 +69,9 @@ _PROBLEM_TYPES = {
     400: "https://tools.ietf.org/html/rfc9110#section-15.5.1",
     401: "https://tools.ietf.org/html/rfc9110#section-15.5.2",
     409: "https://tools.ietf.org/html/rfc9110#section-15.5.10",
+    413: "https://tools.ietf.org/html/rfc9110#section-15.5.14",
     422: "https://tools.ietf.org/html/rfc9110#section-15.5.21",
+    429: "https://tools.ietf.org/html/rfc6585#section-4",
     503: "https://tools.ietf.org/html/rfc9110#section-15.6.4",
 }
 # The longest a request waits for the ledger's writer thread to commit its write before
@@ -71,6 +80,9 @@ _PROBLEM_TYPES = {
 WRITE_TIMEOUT = 8.0
 # What a 503 for a write the writer did not answer tells the client to wait (seconds).
 WRITE_RETRY_AFTER = 5
+# The largest request body read (bytes; ``serve --max-body``): a larger one is answered 413
+# without being read. The largest request the contract describes is well under 1 KiB.
+MAX_BODY = 64 * 1024
 
 
 def _version() -> str:
@@ -123,15 +135,31 @@ def canonical_path(path: str) -> str:
     return path
 
 
-class _Boundary:
-    """Outermost ASGI layer: case-insensitive routes, correlation ids, the access log, and
-    the system-error answer (``999999``) for anything that escaped a handler."""
+class BodyTooLarge(Exception):
+    """A body with no Content-Length (chunked) went past the limit while it was read."""
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class _Boundary:
+    """Outermost ASGI layer: case-insensitive routes, correlation ids, the access log, the
+    body limit (413, answered before the body is read), and the system-error answer
+    (``999999``) for anything that escaped a handler."""
+
+    def __init__(self, app: ASGIApp, max_body: int = MAX_BODY) -> None:
         self.app = app
+        self.max_body = max_body
         # Correlation ids: a random prefix per process and a counter, unique and cheap.
         self._prefix = secrets.token_hex(4)
         self._seq = itertools.count(1)
+
+    def _too_large(self, sent: int | None) -> Response:
+        size = f" ({sent:,} bytes sent)" if sent is not None else ""
+        return problem(
+            413,
+            "Request body too large",
+            f"this server reads request bodies of at most {self.max_body:,} bytes{size}; "
+            "nothing was read or applied",
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,9 +171,12 @@ class _Boundary:
             query = urlencode([(k.lower(), v) for k, v in parse_qsl(query.decode("latin-1"))])
             query = query.encode("latin-1")
         scope = {**scope, "path": path, "raw_path": path.encode(), "query_string": query}
-        offered = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-correlation-id"), ""
-        )
+        offered, length = "", None  # length: Content-Length as sent (bytes)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"x-correlation-id":
+                offered = value.decode("latin-1")
         cid = offered if _CORRELATION_ID.match(offered) else f"{self._prefix}-{next(self._seq):x}"
         context = _RequestContext(cid)
         token = _context.set(context)
@@ -163,7 +194,15 @@ class _Boundary:
             await send(message)
 
         try:
+            if length is None or not length.isdigit():  # chunked, or no body: count what
+                receive = self._counted(receive)  # is read, and stop past the limit
+            elif int(length) > self.max_body:  # announced: answered before reading any of it
+                await self._too_large(int(length))(scope, receive, send_with_id)
+                return
             await self.app(scope, receive, send_with_id)
+        except BodyTooLarge:
+            if status == 0:
+                await self._too_large(None)(scope, receive, send_with_id)
         except Exception as exc:
             unavailable = isinstance(exc, sqlite3.OperationalError)
             log.error(
@@ -208,6 +247,20 @@ class _Boundary:
             )
             _context.reset(token)
 
+    def _counted(self, receive: Receive) -> Receive:
+        limit, received = self.max_body, 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        return counted
+
 
 # ------------------------------------------------------------------ responses
 
@@ -240,6 +293,39 @@ class Unauthorized(Exception):
         self.detail = detail
 
 
+class Throttled(Exception):
+    """Too many failed authentications for this username from this address (429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+def _refusal(exc: Unauthorized | Throttled) -> Response:
+    if isinstance(exc, Throttled):
+        return problem(
+            429,
+            "Too many failed sign-ins",
+            "too many wrong passwords for this username from this address: try again in "
+            f"{exc.retry_after} s (Retry-After); the wait grows while the failures go on",
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    return problem(401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": REALM})
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+@dataclass
+class _Gate:
+    """One uncached password check at a time per (username, address): concurrent guesses
+    cannot outrun the throttle, and a POS's first burst pays for one scrypt, not many."""
+
+    lock: asyncio.Lock
+    waiting: int = 0
+
+
 def _problem_doc(description: str) -> dict[str, Any]:
     schema = schemas.Problem.model_json_schema()
     return {"description": description, "content": {PROBLEM: {"schema": schema}}}
@@ -248,6 +334,11 @@ def _problem_doc(description: str) -> dict[str, Any]:
 _STANDARD_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: _problem_doc("Malformed request: `errors` names each bad field"),
     401: _problem_doc("Missing or wrong credentials"),
+    413: _problem_doc("The body is over the server's limit (64 KiB by default); not read"),
+    429: _problem_doc(
+        "Too many failed authentications for this username from this address: wait "
+        "Retry-After seconds"
+    ),
 }
 _IDEMPOTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     **_STANDARD_RESPONSES,
@@ -278,9 +369,21 @@ def _ok(model: Any) -> dict[int | str, dict[str, Any]]:
 # ------------------------------------------------------------------------ app
 
 
-def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) -> FastAPI:
-    """The FastAPI application serving the contract over ``ledger``."""
+def create_app(
+    ledger: Ledger,
+    *,
+    authenticator: Authenticator | None = None,
+    throttle: Throttle | None = None,
+    max_body: int = MAX_BODY,
+) -> FastAPI:
+    """The FastAPI application serving the contract over ``ledger``.
+
+    ``throttle`` counts failed authentications (default: 10 per username and address in
+    15 minutes); ``max_body`` is the largest request body read, in bytes.
+    """
     auth = authenticator or Authenticator(ledger)
+    throttle = throttle or Throttle()
+    gates: dict[tuple[str, str], _Gate] = {}
     app = FastAPI(
         title="POSPointe GiftCard Server (giftcard_toolkit)",
         version=_version(),
@@ -289,7 +392,8 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
     )
     app.state.ledger = ledger
     app.state.authenticator = auth
-    app.add_middleware(_Boundary)
+    app.state.throttle = throttle
+    app.add_middleware(_Boundary, max_body=max_body)
 
     @app.exception_handler(InvalidRequest)
     async def _invalid(request: Request, exc: InvalidRequest) -> Response:
@@ -301,8 +405,8 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         # that a caller without valid credentials gets 401, as on every other bad request.
         try:
             await authenticate(request)
-        except Unauthorized as refused:
-            return await _unauthorized(request, refused)
+        except (Unauthorized, Throttled) as refused:
+            return _refusal(refused)
         errors: dict[str, list[str]] = {}
         for error in exc.errors():
             name = str(error["loc"][-1]) if error.get("loc") else "request"
@@ -324,13 +428,62 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
 
     @app.exception_handler(Unauthorized)
     async def _unauthorized(request: Request, exc: Unauthorized) -> Response:
-        return problem(401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": REALM})
+        return _refusal(exc)
+
+    @app.exception_handler(Throttled)
+    async def _throttled(request: Request, exc: Throttled) -> Response:
+        return _refusal(exc)
+
+    async def check_password(header: str, address: str) -> User | None:
+        """The user, after scrypt (off the loop), with the throttle's count kept; one check
+        at a time per (username, address)."""
+        username = username_of(header)
+        if username is None:
+            return None  # malformed: names nobody, costs no scrypt, counts for nobody
+        key = (username, address)
+        gate = gates.get(key)
+        if gate is None:
+            gate = gates[key] = _Gate(asyncio.Lock())
+        gate.waiting += 1
+        try:
+            async with gate.lock:
+                wait = throttle.retry_after(username, address)
+                if wait:
+                    raise Throttled(wait)
+                user = auth.cached(header) or await run_in_threadpool(auth.authenticate, header)
+                if user is not None:
+                    throttle.succeeded(username, address)
+                    return user
+                refusal = throttle.failed(username, address)
+        finally:
+            gate.waiting -= 1
+            if not gate.waiting:
+                del gates[key]
+        if refusal:
+            log.warning(
+                "password guessing? user %s from %s refused (429) for %d s: %s",
+                printable(username),
+                printable(address),
+                refusal.seconds,
+                f"{throttle.limit} failed authentications within {throttle.window:g} s"
+                if refusal.strike == 1
+                else f"failed again after {refusal.strike - 1} refusal(s)",
+            )
+        return None
 
     async def authenticate(request: Request) -> User:
         header = request.headers.get("authorization")
+        if throttle.refusing:
+            username = username_of(header)
+            if username is not None:
+                wait = throttle.retry_after(username, _address(request))
+                if wait:
+                    raise Throttled(wait)
         user = auth.cached(header)
         if user is None and header:
-            user = await run_in_threadpool(auth.authenticate, header)  # scrypt: off the loop
+            user = await check_password(header, _address(request))
+        elif user is not None and throttle.counting:
+            throttle.succeeded(user.username, _address(request))
         if user is None:
             if header is None:
                 detail = "send Authorization: Basic base64(username:password)"
@@ -354,7 +507,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         ref = fields.card_ref()
         amount = fields.money("amount", required=True)
         store_id = fields.guid("FranchiseeID")
-        pos_ref = fields.text("PosRef", max_length=100)
+        pos_ref = fields.text("PosRef", max_length=100, free_text=True)
         fields.check()
         assert ref is not None and amount is not None and store_id is not None
         return ref, amount, store_id, pos_ref
@@ -580,7 +733,7 @@ def create_app(ledger: Ledger, *, authenticator: Authenticator | None = None) ->
         ref = fields.card_ref()
         active = fields.boolean("status", required=True)
         reason = fields.text(
-            "reason", required=True, max_length=200, example='"card reported lost"'
+            "reason", required=True, max_length=200, example='"card reported lost"', free_text=True
         )
         if reason is not None and not reason.strip():
             fields.fail("reason", "reason must not be blank")

@@ -4,6 +4,10 @@ Passwords are stored as salted scrypt hashes (``hashlib.scrypt``), never in plai
 Checking one costs tens of milliseconds on purpose, so credentials that verified are kept
 in memory for a short while under a keyed digest (never the password itself); a POS
 sends the same header on every request, and each one must not pay the scrypt price.
+
+:class:`Throttle` slows password guessing down: after 10 failed authentications for one
+username from one client address within 15 minutes, that pair is refused (429) for a
+while, longer each time the failures go on; other users and addresses are unaffected.
 """
 
 from __future__ import annotations
@@ -12,16 +16,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
+import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from giftcard_toolkit.server.ledger import Ledger
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 CACHE_SECONDS = 60.0
 REALM = 'Basic realm="giftcard"'
+log = logging.getLogger("giftcard_toolkit.server")
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -119,3 +129,140 @@ class Authenticator:
                 self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
             self._cache[self._digest(header)] = (now + self._cache_seconds, user)
         return user
+
+
+def username_of(header: str | None) -> str | None:
+    """The username an ``Authorization: Basic`` header names, or None when it names none."""
+    credentials = parse_basic(header)
+    return credentials[0] if credentials else None
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """``text`` safe for a log line: no control characters, at most ``limit`` characters."""
+    shown = text[:limit].encode("unicode_escape").decode("ascii")
+    return shown + ("..." if len(text) > limit else "")
+
+
+class Refusal(NamedTuple):
+    """A pair just refused: for how long, and the how-manieth refusal since it was quiet."""
+
+    seconds: int
+    strike: int
+
+
+@dataclass
+class _Failures:
+    times: deque[float]  # the last ``limit`` failures
+    strikes: int = 0  # throttlings since the pair was last quiet or succeeded
+    until: float = 0.0  # refused until then (clock time)
+    last: float = field(default=0.0)
+
+
+class Throttle:
+    """Failed authentications per (username, client address), and the pairs refused now.
+
+    ``limit`` failures within ``window`` seconds refuse the pair for ``first_delay``
+    seconds; each failure after a refusal ends refuses it again, for twice as long each
+    time, up to ``max_delay``. A success forgets the pair; so do ``window`` seconds without
+    a failure after its last refusal ended.
+    At most ``max_pairs`` pairs are remembered (the least recently failed are forgotten
+    first). Thread-safe. ``clock`` is injectable (seconds, monotonic) for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        limit: int = 10,
+        window: float = 15 * 60.0,
+        first_delay: float = 60.0,
+        max_delay: float = 15 * 60.0,
+        max_pairs: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if limit < 1 or window <= 0 or first_delay <= 0 or max_delay < first_delay:
+            raise ValueError("Throttle needs limit >= 1, window > 0, 0 < first_delay <= max_delay")
+        self.limit = limit
+        self.window = window
+        self.first_delay = first_delay
+        self.max_delay = max_delay
+        self.max_pairs = max_pairs
+        self.clock = clock
+        self._pairs: dict[tuple[str, str], _Failures] = {}
+        self._refused: dict[tuple[str, str], float] = {}  # pair -> refused until
+        self._soonest = math.inf  # no refusal ends before this
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(username: str, address: str) -> tuple[str, str]:
+        if len(username) > 128:  # bound what a hostile client makes us keep
+            username = "sha256:" + hashlib.sha256(username.encode("utf-8", "replace")).hexdigest()
+        return username, address
+
+    @property
+    def refusing(self) -> bool:
+        """Whether any pair may be refused now (cheap: checked on every request)."""
+        return bool(self._refused)
+
+    @property
+    def counting(self) -> bool:
+        """Whether any pair has failures on record (a success must then forget its own)."""
+        return bool(self._pairs)
+
+    def retry_after(self, username: str, address: str) -> int:
+        """Whole seconds until the pair may try again; 0 when it is not refused."""
+        if not self._refused:
+            return 0
+        key = self._key(username, address)
+        with self._lock:
+            now = self.clock()
+            if now >= self._soonest:  # forget the refusals that have ended
+                self._refused = {k: t for k, t in self._refused.items() if t > now}
+                self._soonest = min(self._refused.values(), default=math.inf)
+            until = self._refused.get(key)
+        return 0 if until is None else max(1, math.ceil(until - now))
+
+    def failed(self, username: str, address: str) -> Refusal | None:
+        """Count a failed authentication; the refusal it starts, if it starts one."""
+        key = self._key(username, address)
+        now = self.clock()
+        with self._lock:
+            record = self._pairs.pop(key, None)  # re-inserted last: most recently failed
+            if record is None or now >= max(record.until, record.last) + self.window:
+                record = _Failures(deque(maxlen=self.limit))
+                if len(self._pairs) >= self.max_pairs:
+                    self._evict(now)
+            self._pairs[key] = record
+            record.times.append(now)
+            record.last = now
+            if not record.strikes and (
+                len(record.times) < self.limit or now - record.times[0] > self.window
+            ):
+                return None  # not (yet) guessing
+            if record.until > now:
+                return None  # refused already (a request let in before the refusal began)
+            delay = min(self.first_delay * 2 ** min(record.strikes, 32), self.max_delay)
+            record.strikes += 1
+            record.until = now + delay
+            self._refused[key] = record.until
+            self._soonest = min(self._soonest, record.until)
+        return Refusal(max(1, math.ceil(delay)), record.strikes)
+
+    def succeeded(self, username: str, address: str) -> None:
+        """A success for the pair: forget its failures."""
+        if not self._pairs:
+            return
+        key = self._key(username, address)
+        with self._lock:
+            self._pairs.pop(key, None)
+            self._refused.pop(key, None)
+
+    def _evict(self, now: float) -> None:
+        """Make room (lock held): forget quiet pairs, then the least recently failed."""
+        for key, record in list(self._pairs.items()):
+            if now >= max(record.until, record.last) + self.window:
+                del self._pairs[key]
+                self._refused.pop(key, None)
+        if len(self._pairs) >= self.max_pairs:  # a tenth at once: no scan at every insert
+            for key in list(self._pairs)[: max(1, len(self._pairs) - self.max_pairs * 9 // 10)]:
+                del self._pairs[key]
+                self._refused.pop(key, None)

@@ -36,14 +36,157 @@ class InvalidRequest(Exception):
         self.errors = errors
 
 
+# Limits on what a request body may hold (contract §1, "hostile input"). Nothing a client
+# needs comes near them; what goes beyond is refused with a 400 naming it, never a 500.
+MAX_DEPTH = 32  # arrays and objects nested in each other
+MAX_NUMBER_LENGTH = 40  # characters of one JSON number as written
+# The farthest a number may be from 1 (its adjusted exponent): far beyond any amount, so
+# that 1e300 is still an amount over the limit (100012), yet far from where Decimal's
+# arithmetic overflows (1e999999 would).
+MAX_EXPONENT = 1000
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_BRACKET = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# Control characters (C0, DEL, C1), lone surrogates, the line and paragraph separators,
+# and the bidirectional marks, embeddings, overrides and isolates (Unicode's Bidi_Control).
+_FORBIDDEN_TEXT = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be free text (a reason, a PosRef, a store's name), or None.
+
+    Control characters and bidirectional overrides are refused: they hide or reorder what
+    a person reads in batches, audit records and reports (``"lost\\u202ekcab"``)."""
+    found = _FORBIDDEN_TEXT.search(value)
+    if found is None:
+        return None
+    return (
+        f"must not hold control characters or bidirectional overrides "
+        f"(U+{ord(found.group()):04X} at position {found.start() + 1})"
+    )
+
+
+class _Refused(Exception):
+    """Raised inside the JSON decoder's hooks: parsing stops; the 400 names the field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class _NumberOutOfRange(Exception):
+    """A JSON number too long or too far from 1 for anything a request holds."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+def _folded(name: str) -> str:
+    # ASCII-only folding, like .NET's ordinal-ignore-case: "\u212a" (Kelvin) is not "k".
+    return name.lower() if name.isascii() else name
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a name is given twice in any letter case: which of
+    ``{"amount": 1.00, "Amount": 3.00}`` did the till mean?"""
+    obj = dict(pairs)
+    if len({_folded(name) for name in obj}) == len(pairs):
+        return obj
+    seen: dict[str, str] = {}
+    for name, _ in pairs:
+        first = seen.get(_folded(name))
+        if first is None:
+            seen[_folded(name)] = name
+            continue
+        twice = f'"{name}" twice' if first == name else f'"{first}" and "{name}"'
+        raise _Refused(
+            first, f"{first} is given twice ({twice}; names match in any letter case): send it once"
+        )
+    return obj  # not reached: some name was given twice
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _NumberOutOfRange(text)
+    return int(text)
+
+
+def _fraction(text: str) -> Decimal:
+    if len(text) > MAX_NUMBER_LENGTH:
+        raise _NumberOutOfRange(text)
+    value = Decimal(text)
+    if not -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        raise _NumberOutOfRange(text)
+    return value
+
+
+# One decoder for every request: its hooks hold no state. NaN and Infinity are read (as
+# Decimal) so that the ledger declines them with 100006, as the contract says.
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=_fraction, parse_int=_integer, parse_constant=Decimal
+)
+
+
+def _too_deep(text: str) -> bool:
+    """Whether arrays and objects nest deeper than ``MAX_DEPTH`` (brackets in strings aside).
+    Checked before parsing: the decoder recurses once per level."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return False  # cannot be, whatever the strings hold
+    depth = 0
+    for bracket in _BRACKET.finditer(_STRING.sub("", text)):
+        if bracket.group() in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _field_of(text: str, number: str) -> str:
+    """The name of the field whose value is ``number`` as written, or ``body``."""
+    found = re.search(
+        r'"((?:[^"\\]|\\.){1,64})"\s*:\s*' + re.escape(number) + r"(?![0-9.eE+-])", text
+    )
+    return found.group(1) if found and found.group(1).isprintable() else "body"
+
+
 def parse_json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
-    """The request body as a dict; money and other numbers with a fraction as ``Decimal``."""
+    """The request body as a dict; numbers with a fraction or an exponent as ``Decimal``.
+
+    Parsed with limits (contract §1, hostile input): UTF-8 only, at most ``MAX_DEPTH``
+    levels, numbers of at most ``MAX_NUMBER_LENGTH`` characters and ``MAX_EXPONENT``, no
+    escaped lone surrogate, no name given twice in any letter case. Whatever breaks one is
+    an :class:`InvalidRequest` (400) naming it, never a 500.
+    """
     if not raw.strip():
         if required:
             raise InvalidRequest({"body": ["a JSON object body is required"]})
         return {}
     try:
-        value = json.loads(raw, parse_float=Decimal, parse_constant=Decimal)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(
+            {
+                "body": [
+                    f"the body is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                    f"{exc.start}): send a JSON object in UTF-8"
+                ]
+            }
+        ) from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte order mark, as some Windows tools write
+    if _too_deep(text):
+        raise InvalidRequest(
+            {"body": [f"the JSON is nested deeper than {MAX_DEPTH} levels: send a flat object"]}
+        )
+    try:
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(
             {
@@ -53,11 +196,36 @@ def parse_json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
                 ]
             }
         ) from None
-    except ValueError:  # not UTF-8
-        raise InvalidRequest({"body": ["the body is not UTF-8 text: send a JSON object"]}) from None
+    except _Refused as exc:
+        raise InvalidRequest({exc.field: [exc.message]}) from None
+    except _NumberOutOfRange as exc:
+        name = _field_of(text, exc.text)
+        shown = exc.text if len(exc.text) <= 24 else f"{exc.text[:16]}... ({len(exc.text)} chars)"
+        raise InvalidRequest(
+            {
+                name: [
+                    f"{name} holds the number {shown}, out of range: at most "
+                    f"{MAX_NUMBER_LENGTH} characters, from 1E-{MAX_EXPONENT} to 1E+{MAX_EXPONENT}"
+                ]
+            }
+        ) from None
+    except (RecursionError, ValueError, ArithmeticError):  # the limits above should stop these
+        raise InvalidRequest({"body": ["the body cannot be read as a JSON object"]}) from None
     if not isinstance(value, dict):
         raise InvalidRequest({"body": ['the body must be a JSON object, e.g. {"cardtoken": ...}']})
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(value):
+        raise InvalidRequest(
+            {"body": ["the body escapes a lone surrogate (\\ud800-\\udfff), which is not text"]}
+        )
     return value
+
+
+def _holds_lone_surrogate(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _canonical(value: Any) -> Any:
@@ -74,12 +242,7 @@ class Fields:
     """The fields of one JSON request body, read by name whatever their letter case."""
 
     def __init__(self, body: dict[str, Any]) -> None:
-        # ASCII-only folding, like .NET's ordinal-ignore-case: "\u212a" (Kelvin) is not "k".
-        self._data = {
-            (k.lower() if k.isascii() else k): v
-            for k, v in body.items()
-            if v is not None and v != ""
-        }
+        self._data = {_folded(k): v for k, v in body.items() if v is not None and v != ""}
         self.errors: dict[str, list[str]] = {}
         self.card: CardRef | None = None  # set by card_ref()
 
@@ -123,7 +286,10 @@ class Fields:
         required: bool = False,
         max_length: int | None = None,
         example: str = '"..."',
+        free_text: bool = False,
     ) -> str | None:
+        """A string; ``free_text`` (what people type: a reason, a PosRef) also refuses
+        control characters and bidirectional overrides."""
         value = self._get(name, required, example)
         if value is None:
             return None
@@ -133,6 +299,11 @@ class Fields:
         if max_length is not None and len(value) > max_length:
             self.fail(name, f"{name} must be at most {max_length} characters, got {len(value)}")
             return None
+        if free_text:
+            problem = text_problem(value)
+            if problem is not None:
+                self.fail(name, f"{name} {problem}")
+                return None
         return value
 
     def boolean(self, name: str, *, required: bool = False) -> bool | None:
@@ -167,9 +338,7 @@ class Fields:
         if value is None:
             return None
         if not GUID.match(value):
-            self.fail(
-                name, f"{name} must be a store id GUID like {GUID_EXAMPLE}"
-            )
+            self.fail(name, f"{name} must be a store id GUID like {GUID_EXAMPLE}")
             return None
         return value.lower()
 
@@ -225,9 +394,7 @@ def query_date(value: str | None, name: str) -> date | None:
 
 def path_guid(value: str, name: str = "storeid") -> str:
     if not GUID.match(value):
-        raise InvalidRequest(
-            {name: [f"{name} must be a store id GUID like {GUID_EXAMPLE}"]}
-        )
+        raise InvalidRequest({name: [f"{name} must be a store id GUID like {GUID_EXAMPLE}"]})
     return value.lower()
 
 

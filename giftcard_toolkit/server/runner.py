@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sqlite3
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,7 +26,8 @@ from fastapi import FastAPI
 
 from giftcard_toolkit import scratch
 from giftcard_toolkit.cards import AesGcmCardCipher
-from giftcard_toolkit.server.app import create_app
+from giftcard_toolkit.server.app import MAX_BODY, create_app
+from giftcard_toolkit.server.auth import Throttle
 from giftcard_toolkit.server.ledger import Clock, Ledger, Limits, Store, utc_now
 from giftcard_toolkit.server.seed import (
     DEFAULT_AS_OF,
@@ -130,13 +132,16 @@ def running(
     limits: Limits | None = None,
     db_path: str | Path | None = None,
     log_level: str = "warning",
+    throttle: Throttle | None = None,
+    max_body: int = MAX_BODY,
 ) -> Iterator[RunningServer]:
     """Start a real server on a free 127.0.0.1 port; stop it when the block ends.
 
     ``seed="demo"`` serves the demo data (contract §3) from a temporary database (or from
     ``db_path``, reopened as it is if it is a demo database already); ``seed=None`` serves
     an empty database with no users. ``clock`` drives token expiry, batches and card
-    expiry, so tests move time instead of sleeping.
+    expiry, so tests move time instead of sleeping. ``throttle`` counts failed
+    authentications (a short window for tests); ``max_body`` is the body limit in bytes.
     """
     with scratch.scratch("server") as tmp:
         path = Path(db_path) if db_path else tmp / "giftcard.sqlite"
@@ -151,7 +156,7 @@ def running(
             ledger = Ledger(path, clock=clock, tz=tz, limits=limits)
         else:
             raise ValueError(f"unknown seed {seed!r}: use 'demo' or None")
-        app = create_app(ledger)
+        app = create_app(ledger, throttle=throttle, max_body=max_body)
         server = _ThreadedUvicorn(app, log_level=log_level)
         try:
             server.start()
@@ -192,8 +197,28 @@ def serve(
     as_of: date = DEFAULT_AS_OF,
     tz: str = "UTC",
     log_level: str = "info",
+    max_body: int = MAX_BODY,
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
 ) -> None:
-    """Run the server in the foreground until interrupted (``giftcard-toolkit serve``)."""
+    """Run the server in the foreground until interrupted (``giftcard-toolkit serve``).
+
+    With ``certfile`` (PEM, the certificate chain; the key too unless ``keyfile``) it
+    speaks HTTPS only. Listening beyond loopback without it is allowed (a TLS proxy may
+    stand in front on another machine) but warned about: passwords travel in every request.
+    """
+    if keyfile and not certfile:
+        raise SystemExit("--keyfile needs --certfile (the certificate it belongs to)")
+    for name, given in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if given and not Path(given).is_file():
+            raise SystemExit(f"{name} {given}: no such file")
+    if certfile:
+        try:  # refuse a bad pair now, with a message, not in uvicorn's traceback
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise SystemExit(f"cannot use {certfile} / {keyfile or certfile}: {exc}") from None
+    if max_body < 1024:
+        raise SystemExit(f"--max-body {max_body} is too small: at least 1024 bytes")
     zone = ZoneInfo(tz)
     cipher = None
     if os.environ.get("GIFTCARD_CARD_KEY"):
@@ -212,7 +237,7 @@ def serve(
         for store in demo.stores:
             print(f"  store {store.id} {store.name!r}")
         for name, password in demo.users.items():
-            print(f"  user {name!r} password {password!r}")
+            print(f"  user {name!r} password {password!r}: acts for {demo.grant_text(name)}")
         print(f"  card key (GIFTCARD_CARD_KEY): {demo.card_key}")
         if card_stock:
             print(f"  card stock written to {card_stock}")
@@ -228,8 +253,16 @@ def serve(
             )
     else:
         raise SystemExit(f"unknown --seed {seed!r}: the only seed is 'demo'")
-    print(f"serving on http://{host}:{port} (Ctrl-C to stop)", flush=True)
-    app = create_app(ledger)
+    scheme = "https" if certfile else "http"
+    if not certfile and not _is_loopback(host):
+        log.warning(
+            "listening on %s without TLS: passwords and card data cross the network in "
+            "clear. Serve HTTPS with --certfile/--keyfile, or put a TLS reverse proxy in "
+            "front (README: production)",
+            host,
+        )
+    print(f"serving on {scheme}://{host}:{port} (Ctrl-C to stop)", flush=True)
+    app = create_app(ledger, max_body=max_body)
     # Everything made so far lives as long as the server: keep it out of the collector's
     # way, which otherwise rescans it on every full collection under load.
     gc.collect()
@@ -242,6 +275,8 @@ def serve(
             log_level=log_level,
             access_log=False,
             lifespan="off",
+            ssl_certfile=str(certfile) if certfile else None,
+            ssl_keyfile=str(keyfile) if keyfile else None,
         )
     finally:
         ledger.close()
@@ -270,11 +305,15 @@ def server_process(
     log: str | Path | None = None,
     log_level: str = "warning",
     timeout: float = 60.0,
+    certfile: str | Path | None = None,
+    keyfile: str | Path | None = None,
+    max_body: int | None = None,
 ) -> Iterator[ServerProcess]:
     """Run the server in its own process on a free loopback port, until the block ends.
 
     For benchmarks (the load generator must not share the server's interpreter) and crash
     tests (which kill it). ``log`` receives its output (access log included at ``info``).
+    With ``certfile`` it serves HTTPS (the url says ``https``), trusted here as its own CA.
     """
     port = free_port()
     command = [
@@ -293,12 +332,19 @@ def server_process(
         command += ["--seed", seed]
     if card_stock:
         command += ["--card-stock", str(card_stock)]
+    if certfile:
+        command += ["--certfile", str(certfile)]
+    if keyfile:
+        command += ["--keyfile", str(keyfile)]
+    if max_body is not None:
+        command += ["--max-body", str(max_body)]
     with open(log or os.devnull, "ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if certfile else 'http'}://127.0.0.1:{port}"
+    trust = ssl.create_default_context(cafile=str(certfile)) if certfile else None
     try:
         deadline = time.monotonic() + timeout
-        while not _answers(f"{url}/Health"):
+        while not _answers(f"{url}/Health", trust):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the server did not start (exit code {process.poll()})")
             time.sleep(0.1)
@@ -313,11 +359,11 @@ def server_process(
                 process.wait()
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - loopback
+        with urllib.request.urlopen(url, timeout=1, context=context) as response:  # noqa: S310
             return bool(response.status == 200)
     except OSError:
         return False

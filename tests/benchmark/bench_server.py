@@ -1,6 +1,7 @@
 """Server throughput over loopback, beside the stack's ceiling on this machine.
 
     python tests/benchmark/bench_server.py [--seconds 10] [--connections 16]
+    python tests/benchmark/bench_server.py --compare-with HEAD [--rounds 5] [--cpu]
 
 Three servers run one after the other, each alone in its own process under uvicorn with
 the same settings: a minimal FastAPI app answering a constant JSON body (the ceiling:
@@ -9,6 +10,15 @@ what FastAPI + uvicorn can do here at all), then the GiftCard server with the de
 from ``wrk`` (installed with apt-get if missing): 16 keep-alive connections, one thread.
 After the redeem run the books are checked: approvals x 0.01 left the card, and the
 ledger invariants hold.
+
+``--compare-with REV`` measures what a change costs instead: the server as committed at
+``REV`` (exported with ``git archive``) and the server in this working tree run side by
+side, each in its own process with the demo data, and ``balancecheck`` is loaded on one
+then the other, ``--rounds`` times, alternating (so that drift of the machine hits both
+alike). It prints each round, the medians and their ratio. With ``--cpu`` it measures
+the CPU time of one ``balancecheck`` instead: each build's ASGI app called in process (no
+network, no load generator; access log on, to a file), the best of several runs per round,
+which a busy machine disturbs far less than a requests-per-second figure.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import re
 import shutil
 import socket
@@ -106,12 +117,226 @@ def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
 
+def _balance_target(url: str, stock: Path) -> dict[str, object]:
+    """A card of the demo stock, sold and tokenized on the server at ``url``: the body of a
+    balance check that is approved."""
+    from giftcard_toolkit.server.seed import read_card_stock
+
+    card = next(c for c in read_card_stock(stock) if not c.sold)
+    with httpx.Client(base_url=url, auth=("demo", "demo-password")) as http:
+        token = http.post(
+            "/v1/Token", json={"cardnumber": card.number, "securitycode": card.security_code}
+        ).json()["token"]
+        sold = http.post(
+            "/Transaction/sellnewcard",
+            json={"cardtoken": token, "amount": 25, "FranchiseeID": card.store_id},
+        ).json()
+        assert sold["statuscode"] == "000000", sold
+    return {"cardtoken": token}
+
+
+# Run in a build's own tree (``python -c``): the CPU time of one balancecheck through the
+# whole ASGI app (middleware, authentication from the cache, parsing, the ledger read, the
+# access log), in microseconds, the best of ``runs`` runs of ``n`` calls.
+_CPU_PROBE = """
+import asyncio, base64, json, logging, sys, tempfile, time
+from pathlib import Path
+from giftcard_toolkit.server import create_app, open_demo
+
+n, runs = int(sys.argv[1]), int(sys.argv[2])
+tmp = Path(tempfile.mkdtemp(prefix="giftcard-cpu-"))
+logging.basicConfig(filename=tmp / "access.log", level=logging.INFO)
+ledger, demo = open_demo(tmp / "cpu.sqlite")
+app = create_app(ledger)
+auth = b"Basic " + base64.b64encode(b"demo:demo-password")
+
+
+async def call(method, path, payload):
+    body = json.dumps(payload).encode()
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8800),
+        "headers": [
+            (b"host", b"127.0.0.1:8800"), (b"content-type", b"application/json"),
+            (b"authorization", auth), (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    answer = {}
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            answer["body"] = answer.get("body", b"") + message.get("body", b"")
+
+    await app(scope, receive, send)
+    assert answer["status"] == 200, answer
+    return json.loads(answer["body"])
+
+
+async def main():
+    card = next(c for c in demo.card_stock if not c.sold)
+    token = (await call("POST", "/v1/Token", {"cardnumber": card.number,
+                                              "securitycode": card.security_code}))["token"]
+    sold = await call("POST", "/Transaction/sellnewcard",
+                      {"cardtoken": token, "amount": 25, "FranchiseeID": card.store_id})
+    assert sold["statuscode"] == "000000", sold
+    check = {"cardtoken": token}
+    for _ in range(n // 10):  # warm up
+        await call("POST", "/Transaction/balancecheck", check)
+    best = float("inf")
+    for _ in range(runs):
+        started = time.process_time()
+        for _ in range(n):
+            await call("POST", "/Transaction/balancecheck", check)
+        best = min(best, (time.process_time() - started) / n)
+    print(best * 1e6)
+
+
+asyncio.run(main())
+ledger.close()
+"""
+
+
+def compare_cpu(revision: str, base: Path, root: Path, rounds: int) -> None:
+    import statistics
+
+    builds = {f"at {revision}": base, "this tree": root}
+    times: dict[str, list[float]] = {label: [] for label in builds}
+    for round_ in range(rounds):
+        order = list(builds.items()) if round_ % 2 == 0 else list(reversed(builds.items()))
+        for label, tree in order:
+            out = subprocess.run(
+                [sys.executable, "-c", _CPU_PROBE, "5000", "5"],
+                cwd=tree,
+                env={**os.environ, "PYTHONPATH": str(tree)},
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            times[label].append(float(out.split()[-1]))
+        print(
+            f"round {round_ + 1}: "
+            + "  ".join(f"{label} {times[label][-1]:6.1f} us" for label in builds),
+            flush=True,
+        )
+    before, after = (statistics.median(t) for t in times.values())
+    print("CPU time of one balancecheck through the ASGI app, best of 5 x 5,000, medians:")
+    print(f"  at {revision:10} {before:6.1f} us  ({1e6 / before:7.0f} req/s of one core)")
+    print(
+        f"  this tree     {after:6.1f} us  ({1e6 / after:7.0f} req/s of one core)  "
+        f"{after / before - 1:+.1%} time per request"
+    )
+
+
+def compare(revision: str, args: argparse.Namespace) -> None:
+    """``balancecheck`` req/s of the server at ``revision`` beside this working tree's."""
+    import statistics
+
+    root = HERE.parents[2]
+    auth = base64.b64encode(b"demo:demo-password").decode()
+    with tempfile.TemporaryDirectory(prefix="giftcard-bench-compare-") as name:
+        tmp = Path(name)
+        base = tmp / "base"
+        base.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(root), "archive", revision, "giftcard_toolkit"],
+            check=True,
+            capture_output=True,
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
+        if args.cpu:
+            compare_cpu(revision, base, root, args.rounds)
+            return
+        builds = {f"at {revision}": base, "this tree": root}
+        servers: dict[str, tuple[str, dict[str, object], subprocess.Popen[bytes]]] = {}
+        try:
+            for label, tree in builds.items():
+                port = free_port()
+                folder = tmp / label.replace(" ", "-")
+                folder.mkdir()
+                command = [
+                    sys.executable,
+                    "-m",
+                    "giftcard_toolkit.cli",
+                    "serve",
+                    "--seed",
+                    "demo",
+                    "--db",
+                    str(folder / "bench.sqlite"),
+                    "--card-stock",
+                    str(folder / "stock.csv"),
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "info",  # the access log on, as in production
+                ]
+                process = subprocess.Popen(  # noqa: S603
+                    command,
+                    cwd=tree,  # -m puts the tree first on sys.path: its package is the one run
+                    env={**os.environ, "PYTHONPATH": str(tree)},
+                    stdout=(folder / "server.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+                url = f"http://127.0.0.1:{port}"
+                servers[label] = (url, {}, process)
+                wait_healthy(f"{url}/Health", process)
+                servers[label] = (url, _balance_target(url, folder / "stock.csv"), process)
+            rates: dict[str, list[float]] = {label: [] for label in builds}
+            for url, check, _ in servers.values():  # warm up
+                run_wrk(f"{url}/Transaction/balancecheck", check, auth, 2, args.connections, tmp)
+            for round_ in range(args.rounds):
+                order = list(servers.items())
+                if round_ % 2:
+                    order.reverse()
+                for label, (url, check, _) in order:
+                    rate, _, failed = run_wrk(
+                        f"{url}/Transaction/balancecheck",
+                        check,
+                        auth,
+                        args.seconds,
+                        args.connections,
+                        tmp,
+                    )
+                    if failed:
+                        raise SystemExit(f"{label}: {failed} answers were not 2xx")
+                    rates[label].append(rate)
+                print(
+                    f"round {round_ + 1}: "
+                    + "  ".join(f"{label} {rates[label][-1]:7.0f} req/s" for label in builds),
+                    flush=True,
+                )
+        finally:
+            for _, _, process in servers.values():
+                process.terminate()
+                process.wait()
+    before, after = (statistics.median(r) for r in rates.values())
+    print(
+        f"balancecheck, loopback, {args.connections} connections, {args.seconds} s x "
+        f"{args.rounds} rounds each, wrk -t1, medians:"
+    )
+    print(f"  at {revision:10} {before:7.0f} req/s")
+    print(f"  this tree     {after:7.0f} req/s  ({after / before - 1:+.1%})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--compare-with", metavar="REV", help="a git revision to compare with")
+    parser.add_argument("--rounds", type=int, default=5, help="with --compare-with (5)")
+    parser.add_argument(
+        "--cpu", action="store_true", help="with --compare-with: CPU time per request instead"
+    )
     parser.add_argument("--ceiling-app", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compare_with:
+        compare(args.compare_with, args)
+        return
     if args.ceiling_app:
         import uvicorn
 
