@@ -2,11 +2,13 @@
 
 giftcard-toolkit serve [--host 127.0.0.1] [--port 8800] [--db PATH] [--seed demo]
                        [--seed-number N] [--card-stock PATH] [--as-of DATE] [--tz ZONE]
+                       [--max-body BYTES] [--certfile PEM [--keyfile PEM]]
 giftcard-toolkit admin --db PATH add-store --name NAME [--address TEXT] [--id GUID]
 giftcard-toolkit admin --db PATH add-user NAME --store GUID [--store GUID ...]
                                           [--password-stdin]
 giftcard-toolkit admin --db PATH issue-cards --store GUID --count N --out stock.csv
 giftcard-toolkit admin --db PATH stores
+giftcard-toolkit bulk FILE [--dry-run] [--journal PATH] [--audit-log PATH] [--concurrency N]
 """
 
 from __future__ import annotations
@@ -20,19 +22,55 @@ import os
 import sqlite3
 import sys
 from collections.abc import Sequence
-from datetime import date
+from datetime import date, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from giftcard_toolkit import __version__
 from giftcard_toolkit.server.seed import DEFAULT_AS_OF
 
 if TYPE_CHECKING:
     from giftcard_toolkit.server.ledger import IssuedCard, Ledger
 
 
+def _now(zone: tzinfo) -> datetime:
+    """The moment ``serve --seed demo`` anchors its history to when no --as-of is given."""
+    return datetime.now(zone)
+
+
+_CARD_KEY_OFF = (
+    "encrypted card data is off: no card key is set (GIFTCARD_CARD_KEY), so requests that "
+    "name a card by 'encrypted' are declined with 100009; cards still work by token. To "
+    "turn it on, make a key and give it to the server and to its POS clients:\n"
+    "  export GIFTCARD_CARD_KEY=$(python3 -c "
+    '"import base64, os; print(base64.b64encode(os.urandom(32)).decode())")'
+)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from giftcard_toolkit.server import serve
 
+    try:
+        zone = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SystemExit(
+            f"unknown time zone {args.tz!r}: use a name like America/New_York"
+        ) from None
+    if args.seed is None:
+        db = Path(args.db or "giftcard.sqlite")
+        if not db.exists():
+            raise SystemExit(
+                f"{db} does not exist, and nothing was created. Start your own server's "
+                f"database with 'giftcard-toolkit admin --db {db} add-store --name NAME' "
+                "(then add-user and issue-cards), or run the demo with "
+                "'giftcard-toolkit serve --seed demo'"
+            )
+        if not os.environ.get("GIFTCARD_CARD_KEY"):
+            print(_CARD_KEY_OFF, flush=True)
+    # With no --as-of the demo's history runs up to now: yesterday's batches are the last
+    # closed ones and today's trade, so far, is in the open ones.
+    as_of = args.as_of if args.as_of is not None else _now(zone)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The access log writes a line per request: skip what the format does not show
     # (the logging HOWTO's "Optimization" advice), a tenth of a balance check's time.
@@ -47,9 +85,12 @@ def _serve(args: argparse.Namespace) -> int:
         seed=args.seed,
         seed_number=args.seed_number,
         card_stock=args.card_stock,
-        as_of=args.as_of,
+        as_of=as_of,
         tz=args.tz,
         log_level=args.log_level,
+        max_body=args.max_body,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
     )
     return 0
 
@@ -58,7 +99,10 @@ def _demo(args: argparse.Namespace) -> int:
     from giftcard_toolkit import demo
 
     print("running the notebooks against a seeded demo server...", flush=True)
-    reports = demo.run(args.out)
+    try:
+        reports = demo.run(args.out)
+    except demo.NothingToRun as nothing:
+        raise SystemExit(f"error: {nothing}") from None
     for report in reports:
         figures = f", {len(report.figures)} figure(s)" if report.figures else ""
         print(f"  {report.notebook:22} {report.seconds:5.1f} s  -> {report.html}{figures}")
@@ -66,6 +110,19 @@ def _demo(args: argparse.Namespace) -> int:
     for name, value in demo.summary().items():
         print(f"  {name:22} {value}")
     print(f"reports are in {Path(args.out).resolve()}")
+    return 0
+
+
+def _notebooks(args: argparse.Namespace) -> int:
+    from giftcard_toolkit import demo
+
+    try:
+        copied = demo.copy_notebooks(args.dest)
+    except (FileExistsError, demo.NothingToRun) as refused:
+        raise SystemExit(f"error: {refused}") from None
+    for path in copied:
+        print(f"  {path}")
+    print(f"{len(copied)} notebook(s) copied into {Path(args.dest).resolve()}")
     return 0
 
 
@@ -79,6 +136,16 @@ def _ledger(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def _add_store(args: argparse.Namespace) -> int:
+    from giftcard_toolkit.server.fields import text_problem
+
+    for option, text, most in (("--name", args.name, 100), ("--address", args.address, 200)):
+        problem = text_problem(text) or (
+            f"must be at most {most} characters, got {len(text)}" if len(text) > most else None
+        )
+        if problem:
+            raise SystemExit(f"{option} {problem}; nothing was changed")
+    if not args.name.strip():
+        raise SystemExit("--name must not be blank; nothing was changed")
     ledger = _ledger(args)
     try:
         store = ledger.add_store(args.name, args.address, args.id)
@@ -88,12 +155,36 @@ def _add_store(args: argparse.Namespace) -> int:
     return 0
 
 
+_NO_TERMINAL = (
+    "there is no terminal to ask for the password on: pass it on standard input with "
+    "--password-stdin, e.g. printf '%s\\n' \"$PASSWORD\" | giftcard-toolkit admin --db PATH "
+    "add-user NAME --store STORE_ID --password-stdin; nothing was changed"
+)
+
+
+def _has_terminal() -> bool:
+    """Whether getpass can ask: stdin is a terminal, or there is a controlling one."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        return True
+    try:
+        with open("/dev/tty"):  # where getpass asks when stdin is redirected (POSIX)
+            return True
+    except OSError:
+        return False
+
+
 def _read_password(from_stdin: bool) -> str:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
+        if not _has_terminal():
+            raise SystemExit(_NO_TERMINAL)
+        try:
+            password = getpass.getpass("password: ")
+            again = getpass.getpass("again: ")
+        except EOFError:
+            raise SystemExit(_NO_TERMINAL) from None
+        if again != password:
             raise SystemExit("the two passwords differ; nothing was changed")
     if len(password) < 8:
         raise SystemExit("a password needs at least 8 characters; nothing was changed")
@@ -228,10 +319,55 @@ def _stores(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bulk(args: argparse.Namespace) -> int:
+    """Run (or dry-run) a bulk file against GIFTCARD_URL; the results go beside the file.
+    Exit status: 0 when every row is (or would be) applied, 1 when any was declined, not
+    sent or of unknown outcome, 2 when the file cannot be run."""
+    from giftcard_toolkit import errors
+    from giftcard_toolkit.client import GiftCardClient
+    from giftcard_toolkit.ops import bulk
+
+    try:
+        client = GiftCardClient.from_env()
+    except errors.ConfigurationError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    try:
+        with client:
+            results = bulk.run(
+                client,
+                args.file,
+                journal=args.journal,
+                concurrency=args.concurrency,
+                dry_run=args.dry_run,
+                audit_log=args.audit_log,
+            )
+    except bulk.BulkFileError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {args.file}: {exc.strerror or exc}") from None
+    except errors.GiftCardError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    out = bulk.write_results(results, bulk.results_path(args.file, dry_run=args.dry_run))
+    outcome = bulk.summary(results, dry_run=args.dry_run)
+    failed = results.filter(~results["status"].is_in(bulk.APPLIED_STATUSES))
+    for row in failed.head(20).iter_rows(named=True):
+        code = f" {row['statuscode']}" if row["statuscode"] else ""
+        print(
+            f"  line {row['line']}: {row['operation']} {row['card']}: "
+            f"{row['status']}{code}: {row['description']}"
+        )
+    if failed.height > 20:
+        print(f"  ... and {failed.height - 20:,} more")
+    print(f"results: {out}")
+    return 0 if outcome.clean else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="giftcard-toolkit", description="POSPointe GiftCard toolkit and embedded server."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="group", required=True)
 
     serve = commands.add_parser("serve", help="run the GiftCard server")
@@ -247,11 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--as-of",
         type=date.fromisoformat,
-        default=DEFAULT_AS_OF,
-        help="the demo history's anchor date (YYYY-MM-DD)",
+        help="the demo history's anchor date (YYYY-MM-DD; default today, its trade so far; "
+        f"the notebooks and tests use {DEFAULT_AS_OF})",
     )
     serve.add_argument("--tz", default="UTC", help="the server's time zone, e.g. America/New_York")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--max-body",
+        type=int,
+        default=64 * 1024,
+        help="the largest request body read, in bytes (65536); a larger one is answered 413",
+    )
+    serve.add_argument("--certfile", help="serve HTTPS: the certificate chain (PEM)")
+    serve.add_argument("--keyfile", help="its private key (PEM), unless in --certfile")
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
@@ -259,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="reports", help="folder for the HTML and PNG reports")
     demo.set_defaults(func=_demo)
+
+    notebooks = commands.add_parser(
+        "notebooks", help="copy the shipped notebooks into a folder, to start your own from"
+    )
+    notebooks.add_argument("dest", help="the folder to copy them into (made if missing)")
+    notebooks.set_defaults(func=_notebooks)
 
     admin = commands.add_parser("admin", help="manage stores, users and card stock")
     admin.add_argument("--db", default="giftcard.sqlite", help="SQLite file of the server")
@@ -284,6 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     issue.set_defaults(func=_issue_cards)
     listing = actions.add_parser("stores", help="list the stores")
     listing.set_defaults(func=_stores)
+
+    fixes = commands.add_parser(
+        "bulk",
+        help="apply a bulk fix file (CSV) against GIFTCARD_URL as GIFTCARD_USERNAME",
+        description="Apply a bulk fix file against GIFTCARD_URL (GIFTCARD_USERNAME, "
+        "GIFTCARD_PASSWORD); the results are written beside it as FILE.results.csv "
+        "(FILE.dry-run.csv). Exit status 1 when any row was declined or not sent.",
+    )
+    fixes.add_argument("file", help="the CSV file (as Excel or Google Sheets save it)")
+    fixes.add_argument(
+        "--dry-run", action="store_true", help="check and predict every row; change nothing"
+    )
+    fixes.add_argument("--journal", help="the run's journal (default FILE.journal)")
+    fixes.add_argument("--audit-log", help="append every attempted operation to this log")
+    fixes.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    fixes.set_defaults(func=_bulk)
     return parser
 
 
