@@ -399,3 +399,58 @@ def test_no_case_leaks_a_card_number(server, gc, tmp_path):
     for text in texts:
         assert old.number not in text and new.number not in text
         assert old.security_code not in text.replace(done.case_id, "")
+
+
+def test_a_balance_over_the_per_load_limit_moves_in_parts(server, gc):
+    (old,) = _loaded(server, gc, "500.00")
+    gc.reload(old, "500.00", old.store_id)
+    gc.reload(old, "234.56", old.store_id)  # 1,234.56: three loads
+    (new,) = _cards(server, False, 1)
+    done = cases.replace(gc, old, new, old.store_id, "lost")
+    assert done.moved == Decimal("1234.56") and done.new_balance == Decimal("1234.56")
+    assert [(s.name, s.operation, s.amount) for s in done.steps[1:4]] == [
+        ("give", "sell", Decimal("500.00")),
+        ("give-2", "reload", Decimal("500.00")),
+        ("give-3", "reload", Decimal("234.56")),
+    ]
+    again = cases.replace(gc, old, new, old.store_id, "lost")
+    assert all(s.earlier for s in again.steps) and _balance(gc, new) == Decimal("1234.56")
+
+
+def test_a_part_refused_half_way_takes_back_what_was_given_and_puts_it_all_back(server, gc):
+    (old,) = _loaded(server, gc, "500.00")
+    gc.reload(old, "400.00", old.store_id)  # 900.00: 500 + 400
+    (new,) = _loaded(server, gc, "500.00")
+    gc.reload(new, "500.00", new.store_id)
+    gc.reload(new, "500.00", new.store_id)  # 1,500.00: the first 500 fits, the 400 not
+    with pytest.raises(cases.CaseError, match="put back") as undone:
+        cases.replace(gc, old, new, old.store_id, "lost")
+    names = [s.name for s in undone.value.steps]
+    assert names == ["take", "give", "undo-give", "undo-take", "undo-take-2"]
+    assert _balance(gc, old) == Decimal("900.00") and _balance(gc, new) == Decimal("1500.00")
+
+
+def test_an_undo_stopped_half_way_is_finished_by_the_next_run(server):
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        (old,) = _loaded(server, gc, "500.00")
+        gc.reload(old, "400.00", old.store_id)  # 900.00
+        (new,) = _loaded(server, gc, "500.00")
+        gc.reload(new, "500.00", new.store_id)
+        gc.reload(new, "500.00", new.store_id)  # 1,500.00
+    # take, give, give-2 (refused), undo-give, undo-take: crash after it reached the server
+    with (
+        GiftCardClient(
+            server.url, server.username, server.password, transport=CrashAfter(4)
+        ) as crashing,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        cases.replace(crashing, old, new, old.store_id, "lost")
+    with GiftCardClient(server.url, server.username, server.password) as gc:
+        assert _balance(gc, old) == Decimal("500.00"), "half put back when it stopped"
+        with pytest.raises(cases.CaseError, match="undone earlier") as finished:
+            cases.replace(gc, old, new, old.store_id, "lost")
+        assert [s.name for s in finished.value.steps if not s.earlier][:1] == ["undo-take-2"]
+        assert _balance(gc, old) == Decimal("900.00") and _balance(gc, new) == Decimal("1500.00")
+        with pytest.raises(cases.CaseError, match="undone earlier"):
+            cases.replace(gc, old, new, old.store_id, "lost")
+        assert _balance(gc, old) == Decimal("900.00"), "never undone twice"

@@ -1602,13 +1602,6 @@ class _Predictor:
                 return refused(f"the card is {old.state}: its balance cannot be moved")
             if new.state not in ("unsold", "active"):
                 return refused(f"cannot move money onto card {onto}: it is {new.state}")
-            if amount > SERVER_MAX_LOAD:
-                return refused(
-                    f"the card holds {_money(amount)}, over the server's limit of "
-                    f"{_money(SERVER_MAX_LOAD)} per sale or reload: one sale or reload onto "
-                    f"{onto} cannot move it (nor one reload put it back)",
-                    "100012",
-                )
             # The take: a redemption of the whole balance (a blocked card is unblocked
             # for it, and blocked again).
             taking = _CardState("active", old.balance, old.expires)
@@ -1617,16 +1610,22 @@ class _Predictor:
                 code, why = declined
                 return refused(f"taking {_money(amount)} off the card: {why}", code)
         give = "sell" if new.state == "unsold" else "reload"
-        declined = self.money_decline(give, amount, fix.store_id, new)
-        if declined is not None:
-            code, why = declined
-            return (
-                WOULD_BE_DECLINED,
-                code,
-                f"card {onto} would refuse {_money(amount)} ({why}): the case would put it "
-                "back on this card, and nothing would move",
-                old.balance,
+        # The give: a sale or reload in parts of at most the per-load limit, as the case does.
+        loading = _CardState(new.state, new.balance, new.expires)
+        for index, part in enumerate(cases._parts(amount)):
+            declined = self.money_decline(
+                give if index == 0 else "reload", part, fix.store_id, loading
             )
+            if declined is not None:
+                code, why = declined
+                return (
+                    WOULD_BE_DECLINED,
+                    code,
+                    f"card {onto} would refuse {_money(part)} ({why}): the case would put "
+                    "the money back on this card, and nothing would move",
+                    old.balance,
+                )
+            loading.state, loading.balance = "active", loading.balance + part
         old.balance -= amount
         old.state = "blocked"
         new.state, new.balance = "active", new.balance + amount

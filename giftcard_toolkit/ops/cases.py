@@ -53,9 +53,8 @@ from giftcard_toolkit.rules import is_money_amount
 # How often a step answered 409 (the same step in flight from another thread or
 # colleague with the same key) is asked again before the case stops.
 CONFLICT_RETRIES = 6
-# The contract's limit per sale or reload (status 100012; configurable on a server). A
-# replacement moves the whole balance in one sale or reload, and would put it back in one
-# reload if the new card refused it: a card holding more is refused before anything moves.
+# The contract's limit per sale or reload (status 100012): a replacement loads the new
+# card, and puts money back on the old one, in parts of at most this much.
 MAX_LOAD = Decimal("500.00")
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 
@@ -303,8 +302,10 @@ def replace(
     """Move the whole balance of ``old`` onto ``new`` (a sale when ``new`` was never sold,
     a reload when it is active), then block ``old`` with a reason naming the new card.
 
-    Steps: (unblock ``old`` if it was blocked) → take (redeem from ``old``) → give (sell or
-    reload ``new``) → block ``old``. A declined give puts the money back on ``old``.
+    Steps: (unblock ``old`` if it was blocked) → take (one redemption from ``old``) → give
+    (a sale or reload of ``new``, in parts of at most ``MAX_LOAD``: ``give``, ``give-2``...)
+    → block ``old``. A declined part undoes the others: what reached ``new`` is taken back
+    (``undo-give``) and the whole amount reloaded onto ``old`` (``undo-take``...).
     """
     why = _reason(reason)
     store_id = _protocol.store_id(store)
@@ -317,13 +318,15 @@ def replace(
     )
     case = _Case(client, "replace", identity, key, AuditLog.of(audit_log))
     old_history, new_history = _histories(client, [before_old, before_new], None, None)
-    if case.found(old_history, case.marker("undo-take")) is not None:
+    took = case.found(old_history, case.marker("take"))
+    undo = _Undo(case, old, new, store_id, why, old_history, new_history)
+    if took is not None and undo.started():
+        # An earlier run was undoing this case when it stopped: finish the undo first.
+        undo.finish(Decimal(took["amount"]), blocked=True)
         raise case.fail(
             "this case was undone earlier (the money went back to the old card): fix what "
             "stopped it, then start a new case (another key)"
         )
-    took = case.found(old_history, case.marker("take"))
-    gave = case.found(new_history, case.marker("give"))
     if took is None:
         amount = before_old.balance
         if amount <= 0:
@@ -338,12 +341,6 @@ def replace(
                 f"cannot move money onto card {_masked(new)}: it is {before_new.state}; "
                 "nothing was sent"
             )
-        if amount > MAX_LOAD:
-            raise case.fail(
-                f"card {_masked(old)} holds {amount:.2f}, more than the {MAX_LOAD:.2f} one sale "
-                "or reload may load (100012): it cannot be moved in one step, nor put back if "
-                "the new card refused it; nothing was sent"
-            )
     else:
         amount = Decimal(took["amount"])
         case.earlier("take", old, took)
@@ -357,27 +354,24 @@ def replace(
             if unblocked:
                 case.send("reblock", "block", old, reason=f"replacement stopped: {why}")
             raise case.fail(f"taking {amount:.2f} from {_masked(old)}: {taken.description}")
-    if gave is None:
-        given = case.send("give", _load_name(before_new), new, amount=amount, store=store_id)
+    new_balance = None
+    for index, part in enumerate(_parts(amount), start=1):
+        step = _numbered("give", index)
+        gave = case.found(new_history, case.marker(step))
+        if gave is not None:
+            case.earlier(step, new, gave)
+            undo.given += part
+            continue
+        name = _load_name(before_new) if index == 1 else "reload"
+        given = case.send(step, name, new, amount=part, store=store_id)
         if given.status != "approved":
-            undone = case.send("undo-take", "reload", old, amount=amount, store=store_id)
-            if undone.status != "approved":
-                raise case.fail(
-                    f"card {_masked(new)} refused {amount:.2f} ({given.description}), and "
-                    f"putting it back on {_masked(old)} was refused too ({undone.description}): "
-                    f"{amount:.2f} is on neither card: once the cause is fixed, reload it onto "
-                    f"{_masked(old)} by hand (this case's keys would replay both refusals)"
-                )
-            if unblocked or before_old.state == "blocked":
-                case.send("reblock", "block", old, reason=f"replacement undone: {why}")
+            undo.finish(amount, blocked=unblocked or before_old.state == "blocked")
             raise case.fail(
-                f"card {_masked(new)} refused {amount:.2f} ({given.description}); the money "
+                f"card {_masked(new)} refused {part:.2f} ({given.description}); the money "
                 f"was put back on {_masked(old)}: nothing moved"
             )
+        undo.given += part
         new_balance = given.balance
-    else:
-        case.earlier("give", new, gave)
-        new_balance = None
     last4 = _masked(new)[-4:]
     blocked = case.send("block", "block", old, reason=f"replaced by card ending {last4}: {why}")
     if blocked.status == "declined" and blocked.statuscode != "100015":  # 100015: blocked already
@@ -391,6 +385,77 @@ def replace(
         new_balance=new_balance if new_balance is not None else client.balance(new).balance,
         steps=tuple(case.steps),
     )
+
+
+def _parts(amount: Decimal) -> list[Decimal]:
+    """``amount`` as loads of at most ``MAX_LOAD`` (the same parts on every run)."""
+    whole, rest = divmod(amount, MAX_LOAD)
+    return [MAX_LOAD] * int(whole) + ([rest] if rest else [])
+
+
+def _numbered(step: str, index: int) -> str:
+    return step if index == 1 else f"{step}-{index}"
+
+
+class _Undo:
+    """Putting a replacement's money back: take back from the new card what reached it,
+    reload the whole amount onto the old one in parts, block it again. Every step is
+    found in the cards' histories first, so an undo stopped half-way is finished, never
+    done twice."""
+
+    def __init__(
+        self,
+        case: _Case,
+        old: CardLike,
+        new: CardLike,
+        store_id: str,
+        why: str,
+        old_history: pl.DataFrame,
+        new_history: pl.DataFrame,
+    ) -> None:
+        self.case, self.old, self.new, self.store_id, self.why = case, old, new, store_id, why
+        self.old_history, self.new_history = old_history, new_history
+        self.given = Decimal(0)  # what reached the new card
+
+    def started(self) -> bool:
+        marks = (self.case.marker("undo-give"), self.case.marker("undo-take"))
+        return any(
+            self.case.found(history, mark) is not None
+            for history in (self.old_history, self.new_history)
+            for mark in marks
+        )
+
+    def finish(self, amount: Decimal, blocked: bool) -> None:
+        if self.given == 0:  # an earlier run's gives, from the new card's history
+            for index in range(1, len(_parts(amount)) + 1):
+                gave = self.case.found(self.new_history, self.case.marker(_numbered("give", index)))
+                self.given += Decimal(gave["amount"]) if gave is not None else 0
+        if self.given and not self._done(self.new_history, "undo-give", self.new):
+            back = self.case.send(
+                "undo-give", "redeem", self.new, amount=self.given, store=self.store_id
+            )
+            self._check(back, f"taking {self.given:.2f} back from {_masked(self.new)}")
+        for index, part in enumerate(_parts(amount), start=1):
+            step = _numbered("undo-take", index)
+            if not self._done(self.old_history, step, self.old):
+                put = self.case.send(step, "reload", self.old, amount=part, store=self.store_id)
+                self._check(put, f"putting {part:.2f} back on {_masked(self.old)}")
+        if blocked:
+            self.case.send("reblock", "block", self.old, reason=f"replacement undone: {self.why}")
+
+    def _done(self, history: pl.DataFrame, step: str, card: CardLike) -> bool:
+        found = self.case.found(history, self.case.marker(step))
+        if found is not None:
+            self.case.earlier(step, card, found)
+        return found is not None
+
+    def _check(self, outcome: operations.Outcome, what: str) -> None:
+        if outcome.status != "approved":
+            raise self.case.fail(
+                f"{what} was refused ({outcome.description}) while undoing the replacement: "
+                "the money is not where it was; fix the cause, then run this same case "
+                "again to finish the undo"
+            )
 
 
 def _number(card: CardLike) -> str:
