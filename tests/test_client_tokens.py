@@ -7,21 +7,12 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from serverkit import Recording
 
 from giftcard_toolkit import AsyncGiftCardClient, GiftCardClient, Token, errors
 
 NUMBER = "6006491234567897"
 STORE = "3f2a6c1e-8b1d-4c7a-9e2f-0a1b2c3d4e5f"
-
-
-class Recording(httpx.HTTPTransport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.sent.append(request)
-        return super().handle_request(request)
 
 
 class AsyncRecording(httpx.AsyncHTTPTransport):
