@@ -30,8 +30,12 @@ except importlib.metadata.PackageNotFoundError:  # run from a folder, not instal
     __version__ = "0+unknown"
 
 # The wings' modules, importable from the top as before (``from giftcard_toolkit import
-# bulk``), loaded only when asked for: the client alone needs no widgets.
+# bulk``, ``from giftcard_toolkit import frames``), loaded only when asked for: the client
+# alone needs no widgets, polars or matplotlib.
 _WINGS = {
+    "analytics": "giftcard_toolkit.analysis.analytics",
+    "frames": "giftcard_toolkit.analysis.frames",
+    "plots": "giftcard_toolkit.analysis.plots",
     "audit": "giftcard_toolkit.ops.audit",
     "bulk": "giftcard_toolkit.ops.bulk",
     "forms": "giftcard_toolkit.ops.forms",

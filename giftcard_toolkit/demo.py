@@ -6,7 +6,8 @@ PNG files, and prints where they are with a short summary of the demo data.
 
 Figures are named for what they show (``02-batch-analytics-liability.png``) and carry their
 description as the HTML's alt text: both come from the output's metadata, which the
-figures of :mod:`giftcard_toolkit.plots` put there (see :func:`giftcard_toolkit.plots.alt_text`).
+figures of :mod:`giftcard_toolkit.analysis.plots` put there (see
+:func:`giftcard_toolkit.analysis.plots.alt_text`).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def _with_alt_texts(html: str, figures: list[Figure]) -> str:
 
 def summary() -> dict[str, object]:
     """Stores, cards sold, outstanding liability and anomalies of a fresh demo server."""
-    from giftcard_toolkit import analytics, frames
+    from giftcard_toolkit.analysis import analytics, frames
     from giftcard_toolkit.session import open_session
 
     with open_session() as session:

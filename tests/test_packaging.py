@@ -19,9 +19,19 @@ def _name(requirement: str) -> str:
     return match.group(1).lower()
 
 
+# The test extra's packages that conda users get too: the engines that read the local
+# dataset beside polars, which notebook 05 uses.
+CONDA_FROM_TEST_EXTRA = {"duckdb", "pyarrow"}
+
+
 def _pyproject_runtime() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return {CONDA_NAMES.get(_name(r), _name(r)): r for r in project["dependencies"]}
+    deps = {CONDA_NAMES.get(_name(r), _name(r)): r for r in project["dependencies"]}
+    test_extra = {_name(r): r for r in project["optional-dependencies"]["test"]}
+    missing = CONDA_FROM_TEST_EXTRA - set(test_extra)
+    assert not missing, f"the test extra lost {sorted(missing)}"
+    deps.update({name: test_extra[name] for name in CONDA_FROM_TEST_EXTRA})
+    return deps
 
 
 def _environment_runtime() -> dict[str, str]:

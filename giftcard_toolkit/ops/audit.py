@@ -23,8 +23,8 @@ from typing import Any
 
 import polars as pl
 
+from giftcard_toolkit.analysis.frames import MONEY, TIME
 from giftcard_toolkit.cards import CARD_LIKE, Card, mask, scrub
-from giftcard_toolkit.frames import MONEY, TIME
 
 OUTCOMES = ("approved", "partial", "declined", "rejected", "error")
 _AUDIT_COLUMNS: dict[str, Any] = {

@@ -113,6 +113,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from giftcard_toolkit import errors, models
+from giftcard_toolkit.analysis.frames import MONEY
 from giftcard_toolkit.cards import (
     CARD_LIKE,
     Card,
@@ -120,7 +121,6 @@ from giftcard_toolkit.cards import (
     luhn_valid,
     security_code_problem,
 )
-from giftcard_toolkit.frames import MONEY
 from giftcard_toolkit.ops import cases, operations
 from giftcard_toolkit.ops.audit import AuditLog, scrub
 from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, is_money_amount

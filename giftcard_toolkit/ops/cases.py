@@ -43,7 +43,8 @@ from typing import Any, cast
 
 import polars as pl
 
-from giftcard_toolkit import _protocol, errors, frames, models
+from giftcard_toolkit import _protocol, errors, models
+from giftcard_toolkit.analysis import frames
 from giftcard_toolkit.cards import Card
 from giftcard_toolkit.client import CardLike
 from giftcard_toolkit.ops import operations

@@ -1,8 +1,9 @@
 """What analysts ask of the batches: volumes, liability, redemption, breakage, anomalies.
 
-Every function takes frames of ``frames.TRANSACTION_SCHEMA`` / ``frames.BATCH_SCHEMA``
-(eager or lazy) and returns a new DataFrame; the work is polars expressions, not Python
-loops. Money stays ``Decimal(18, 2)``; shares are floats (they are ratios, not money).
+Every function takes frames of ``frames.TRANSACTION_SCHEMA`` / ``frames.BATCH_SCHEMA``,
+eager or lazy (``frames.scan(path)`` of a synced dataset), and returns a new DataFrame, the
+same for both; the work is polars expressions, not Python loops, run on the streaming
+engine. Money stays ``Decimal(18, 2)``; shares are floats (they are ratios, not money).
 
 A card is followed by ``card_ref`` (the server's pseudonym). Where a server sends none,
 ``card_last4`` stands in, which merges cards that share their last four digits: results
@@ -13,13 +14,17 @@ send ``cardref`` (the embedded one does).
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Final
 
 import polars as pl
 
-from giftcard_toolkit.frames import MONEY
+from giftcard_toolkit.analysis.frames import MONEY
 
 Frame = pl.DataFrame | pl.LazyFrame
 ALL_STORES = "*"
+# Every query runs on polars' streaming engine: over a scanned dataset (``frames.scan``)
+# memory stays flat as the data grows; an eager frame gives the very same answer.
+ENGINE: Final = "streaming"
 
 # Cards as exact integer codes (the categorical's physical id): grouping and sorting
 # millions of rows by an integer is many times cheaper than by a string.
@@ -56,7 +61,7 @@ def daily_summary(txs: Frame, tz: str = "UTC") -> pl.DataFrame:
             _money_sum(_SIGNED).alias("net"),
         )
         .sort("store_id", "day")
-        .collect()
+        .collect(engine=ENGINE)
     )
 
 
@@ -94,7 +99,7 @@ def liability(txs: Frame, every: str = "1d") -> pl.DataFrame:
         .agg(_money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change"))
     )
     bounds = lf.select(pl.col("at").min().alias("first"), pl.col("at").max().alias("last"))
-    collected, opening_df, bounds_df = pl.collect_all([changes, opening, bounds])
+    collected, opening_df, bounds_df = pl.collect_all([changes, opening, bounds], engine=ENGINE)
     if collected.is_empty():
         return pl.DataFrame(
             schema={
@@ -196,7 +201,7 @@ def redemption_curve(txs: Frame, horizon_days: int = 84, step_days: int = 7) -> 
             .alias("share"),
         )
         .sort("activation_week", "days")
-        .collect()
+        .collect(engine=ENGINE)
     )
 
 
@@ -252,7 +257,7 @@ def breakage(txs: Frame, as_of: date | datetime, dormant_days: int = 365) -> pl.
             pl.col("breakage").fill_null(0).cast(MONEY),
         )
         .sort("idle")
-        .collect()
+        .collect(engine=ENGINE)
     )
 
 
@@ -334,7 +339,7 @@ def anomalies(
         flags.join(full, on="row", how="inner")
         .select(*columns, "reason")
         .sort("at", "host_ref", "reason")
-        .collect()
+        .collect(engine=ENGINE)
     )
 
 
@@ -381,5 +386,5 @@ def reconcile(batches: Frame, txs: Frame) -> pl.DataFrame:
             "matches",
         )
         .sort("store_id", "opened_at")
-        .collect()
+        .collect(engine=ENGINE)
     )

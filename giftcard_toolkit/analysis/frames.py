@@ -13,7 +13,9 @@ Ways in:
 * ``from_json(envelopes)``: straight from ``GET /Batch`` answers as the server sends them,
   parsed by polars itself (fast: millions of rows a second) when they are in the
   contract's field names throughout, else by the tolerant ``models``;
-* ``read(path)``: a Parquet or CSV file written by ``write``.
+* ``read(path)``: a Parquet or CSV file written by ``write``;
+* ``sync(client, path)`` / ``scan(path)`` / ``load(path)``: a local, incremental Parquet
+  dataset of the whole history (``giftcard_toolkit.analysis.dataset``, re-exported here).
 """
 
 from __future__ import annotations
@@ -26,12 +28,44 @@ from collections.abc import Awaitable, Generator, Iterable, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from tqdm.auto import tqdm
 
 from giftcard_toolkit import models
+
+if TYPE_CHECKING:
+    from giftcard_toolkit.analysis.dataset import SyncReport, load, scan, sync
+
+__all__ = [
+    "BATCH_SCHEMA",
+    "MONEY",
+    "TIME",
+    "TRANSACTION_SCHEMA",
+    "SyncReport",
+    "batches_frame",
+    "conform",
+    "fetch",
+    "from_json",
+    "load",
+    "read",
+    "scan",
+    "sync",
+    "transactions_frame",
+    "write",
+]
+# The local dataset (which builds on this module) is re-exported when first asked for.
+_DATASET = ("SyncReport", "load", "scan", "sync", "DatasetError", "SyncError", "StoreSync")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _DATASET:
+        from giftcard_toolkit.analysis import dataset
+
+        return getattr(dataset, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 MONEY = pl.Decimal(18, 2)
 TIME = pl.Datetime("us", "UTC")

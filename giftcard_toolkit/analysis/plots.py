@@ -22,7 +22,7 @@ import polars as pl
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from giftcard_toolkit import analytics
+from giftcard_toolkit.analysis import analytics
 
 _TYPE_COLORS = {"sales": "#2b8cbe", "reloads": "#7bccc4", "redemptions": "#e34a33"}
 

@@ -1,0 +1,1 @@
+"""What analysts use: frames (schemas, fetch, files, the local dataset), analytics, plots."""

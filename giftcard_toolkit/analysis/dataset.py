@@ -1,0 +1,812 @@
+"""A chain's history kept locally: a Hive-partitioned Parquet dataset, topped up incrementally.
+
+``sync(client, path)`` keeps, at ``path``::
+
+    manifest.json                                    what each store holds (schema version 1)
+    batches/store_id=<id>/part-<gen>.parquet         the store's batches (frames.BATCH_SCHEMA)
+    transactions/store_id=<id>/month=YYYY-MM/part-<gen>.parquet   its transactions, by month
+
+* **Incremental.** Each store's batches are listed first without their transactions
+  (``includetransactions=false``, from the last stored batch's day on): a closed batch stored
+  already is never fetched again; new batches, and stored open ones whose listing changed
+  (more transactions, or closed since), are fetched with their transactions and replace what
+  was stored of them. Nothing new: one listing request per store, and no file written.
+* **Concurrent.** Stores are synced ``concurrency`` at a time (threads for
+  ``GiftCardClient``; tasks for ``AsyncGiftCardClient``, then ``await frames.sync(...)``).
+* **Crash-safe.** A store's new files are written under a temporary name, flushed and
+  renamed to a name of this sync's generation; only then does the manifest (itself replaced
+  atomically) point at them, store by store, and the files they replace are removed. Readers
+  (``scan``) read only the manifest's files, so a sync stopped anywhere (an exception, Ctrl-C,
+  lost answers, a full disk) leaves the last complete state readable, and the next sync
+  removes what the stopped one left and completes it, with no duplicate rows.
+* **Other engines.** Outside a sync, the folders hold exactly the manifest's files: DuckDB
+  (``read_parquet('transactions/**/*.parquet', hive_partitioning = true)``), pyarrow and Spark
+  read them as they are. ``store_id`` (and ``month``) live in the folder names, not in the
+  files, as Hive partitioning has it.
+
+Column types: the files hold the frame schemas' own types (one definition:
+``frames.TRANSACTION_SCHEMA``), money as Parquet ``DECIMAL(18, 2)`` (exact in every engine),
+and no categorical types: Parquet's dictionary encoding (with zstd) already stores a
+repeated string (store, card reference, user) once per column chunk, so categoricals would
+save no disk, and would tie the files to polars' own types; analytics turn card references
+into integer codes where they group by them.
+
+``scan(path)`` gives lazy frames (schemas enforced; a filter on ``store_id`` skips the other
+stores' files, one on ``at`` uses the files' statistics; ``stores=``/``since=``/``until=``
+choose the files to read up front); ``load(path)`` eager ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import inspect
+import json
+import os
+import threading
+import uuid
+import warnings
+from collections.abc import Awaitable, Generator, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from tqdm.auto import tqdm
+
+from giftcard_toolkit import _protocol, errors, models
+from giftcard_toolkit.analysis import frames
+
+FORMAT = "giftcard_toolkit.dataset"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+_LOCK = ".sync.lock"
+_MONTH = "%Y-%m"
+_RUN_GAP = timedelta(days=7)  # needed batches further apart than this are fetched apart
+
+
+class DatasetError(Exception):
+    """The dataset at a path cannot be used as asked; the message names the problem."""
+
+
+class SyncError(DatasetError):
+    """Some stores could not be synced. ``report`` says what the others did (their data is
+    in the dataset); ``failures`` maps each failed store's id to its exception."""
+
+    def __init__(self, message: str, report: SyncReport, failures: dict[str, BaseException]):
+        super().__init__(message)
+        self.report = report
+        self.failures = failures
+
+
+@dataclass(frozen=True)
+class StoreSync:
+    """One store's part of a sync: batches ``new`` (not stored before), ``refreshed`` (open
+    ones stored before, replaced), ``skipped`` (stored already and unchanged, not fetched),
+    the ``requests`` made for it and the transaction rows written."""
+
+    store_id: str
+    store_name: str
+    new: int = 0
+    refreshed: int = 0
+    skipped: int = 0
+    requests: int = 0
+    rows_written: int = 0
+    files_written: int = 0
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What a sync did, per store (``frame()`` as a table)."""
+
+    path: Path
+    stores: tuple[StoreSync, ...]
+    not_granted: tuple[str, ...] = ()
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.stores)
+
+    @property
+    def new(self) -> int:
+        return sum(s.new for s in self.stores)
+
+    @property
+    def refreshed(self) -> int:
+        return sum(s.refreshed for s in self.stores)
+
+    @property
+    def skipped(self) -> int:
+        return sum(s.skipped for s in self.stores)
+
+    @property
+    def rows_written(self) -> int:
+        return sum(s.rows_written for s in self.stores)
+
+    @property
+    def files_written(self) -> int:
+        return sum(s.files_written for s in self.stores)
+
+    def frame(self) -> pl.DataFrame:
+        """One row a store: store_id, store_name, new, refreshed, skipped, requests,
+        rows_written, files_written."""
+        schema = {
+            "store_id": pl.String,
+            "store_name": pl.String,
+            **dict.fromkeys(
+                ("new", "refreshed", "skipped", "requests", "rows_written", "files_written"),
+                pl.Int64,
+            ),
+        }
+        rows = [s.__dict__ for s in self.stores]
+        return pl.DataFrame(rows, schema=schema)
+
+    def __str__(self) -> str:
+        text = (
+            f"{len(self.stores)} stores synced: {self.new:,} new batches, {self.refreshed:,} "
+            f"refreshed, {self.skipped:,} unchanged (not fetched); {self.requests:,} requests; "
+            f"{self.rows_written:,} transactions in {self.files_written:,} files written"
+        )
+        if self.not_granted:
+            text += (
+                f"; {len(self.not_granted)} stores in the dataset are no longer granted "
+                f"(kept as last synced): {', '.join(self.not_granted)}"
+            )
+        return text
+
+
+# ------------------------------------------------------------------ the manifest
+
+
+def _manifest_path(root: Path) -> Path:
+    return root / MANIFEST
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    """The manifest of the dataset at ``root``; a clear error for anything else there."""
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a dataset folder")
+    path = _manifest_path(root)
+    if not path.exists():
+        raise DatasetError(
+            f"{root} holds no giftcard dataset (no {MANIFEST}): sync into it first"
+            if not root.exists() or not any(root.iterdir())
+            else f"{root} holds other files and no {MANIFEST}: it is not a giftcard dataset; "
+            "sync into a new or empty folder"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as bad:
+        raise DatasetError(f"{path} is not a giftcard dataset manifest ({bad})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DatasetError(f"{path} is not a giftcard dataset manifest (format is not {FORMAT})")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise DatasetError(
+            f"{root} was written with dataset schema version {version}; this toolkit reads "
+            f"and writes version {SCHEMA_VERSION}: use a toolkit of that version, or sync "
+            "into a new folder"
+        )
+    return manifest
+
+
+def _new_manifest() -> dict[str, Any]:
+    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "generation": 0, "stores": {}}
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform opens folders
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _replace_atomically(final: Path, write: Any) -> None:
+    """Write ``final`` through a temporary name in its folder: flushed, then renamed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        write(temporary)
+        with temporary.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_dir(final.parent)
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    text = json.dumps(manifest, indent=1, sort_keys=True)
+    _replace_atomically(_manifest_path(root), lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def _manifest_files(manifest: dict[str, Any]) -> set[str]:
+    held: set[str] = set()
+    for entry in manifest["stores"].values():
+        if entry.get("batches"):
+            held.add(entry["batches"])
+        held.update(entry.get("transactions", {}).values())
+    return held
+
+
+def _remove_leftovers(root: Path, manifest: dict[str, Any]) -> None:
+    """Remove what a stopped sync left: temporary files, and part files no manifest names."""
+    held = _manifest_files(manifest)
+    for top in ("batches", "transactions"):
+        folder = root / top
+        if not folder.is_dir():
+            continue
+        for path in folder.rglob("*"):
+            name = path.name
+            ours = (name.startswith("part-") and name.endswith(".parquet")) or (
+                name.startswith(".part-") and ".tmp-" in name
+            )
+            if ours and path.is_file() and path.relative_to(root).as_posix() not in held:
+                path.unlink()
+
+
+def _open_for_sync(root: Path) -> dict[str, Any]:
+    """The manifest to sync into ``root``: a new dataset in a new or empty folder."""
+    try:
+        if root.exists() and root.is_dir() and not any(root.iterdir()):
+            manifest = _new_manifest()
+            _write_manifest(root, manifest)
+            return manifest
+        if not root.exists():
+            root.mkdir(parents=True)
+            manifest = _new_manifest()
+            _write_manifest(root, manifest)
+            return manifest
+    except OSError as failed:
+        raise _unwritable(root, failed) from failed
+    return _read_manifest(root)
+
+
+def _unwritable(root: Path, failed: OSError) -> DatasetError:
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a part of the path is a file, not a folder",
+    }.get(failed.errno or 0, failed.strerror or str(failed))
+    return DatasetError(
+        f"cannot write the dataset at {root}: {reason}; what was synced before stays readable"
+    )
+
+
+@contextlib.contextmanager
+def _sync_lock(root: Path) -> Iterator[None]:
+    """One sync of a dataset at a time (released by the system if the process dies)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here
+        yield
+        return
+    try:
+        handle = (root / _LOCK).open("a")
+    except OSError as failed:
+        raise _unwritable(root, failed) from failed
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise DatasetError(f"{root} is being synced by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------ one store's plan
+
+
+_LISTED = ("status", "closed_at", "transaction_count", "sold", "reloaded", "redeemed", "net")
+
+
+@dataclass
+class _Plan:
+    """One store's sync as decided and fetched; written by ``_write_store``."""
+
+    store_id: str
+    store_name: str = ""
+    new: list[str] = field(default_factory=list)
+    refreshed: list[str] = field(default_factory=list)
+    skipped: int = 0
+    requests: int = 0
+    fetched: list[models.Batch] = field(default_factory=list)
+    list_since: str | None = None
+
+
+Ask = dict[str, Any]
+
+
+def _pages(
+    store: str, since: date | None, until: date | None, transactions: bool, plan: _Plan
+) -> Generator[Ask, list[models.Batch], dict[str, models.Batch]]:
+    """Every batch opened from ``since`` to ``until``, paging by date as ``frames.fetch``."""
+    found: dict[str, models.Batch] = {}
+    until_page = until
+    while True:
+        plan.requests += 1
+        page = yield {
+            "store": store,
+            "status": "all",
+            "since": since,
+            "until": until_page,
+            "limit": frames.PAGE,
+            "transactions": transactions,
+        }
+        fresh = [b for b in page if b.id not in found]
+        found.update((b.id, b) for b in fresh)
+        if len(page) < frames.PAGE or not fresh:
+            return found
+        until_page = min(b.opened_at for b in page if b.opened_at is not None).date()
+
+
+def _day(moment: datetime | None) -> date | None:
+    return None if moment is None else moment.date()
+
+
+def _runs(days: Sequence[date]) -> list[tuple[date, date]]:
+    """Sorted days as (first, last) runs, split where they are more than a week apart."""
+    runs: list[tuple[date, date]] = []
+    for day in sorted(set(days)):
+        if runs and day - runs[-1][1] <= _RUN_GAP:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
+
+
+def _store_flow(
+    store: str, held: pl.DataFrame, entry: dict[str, Any] | None, since: date | None
+) -> Generator[Ask, list[models.Batch], _Plan]:
+    """Decide and fetch one store's sync, for either client: yields ``batches()`` arguments,
+    receives their answers. ``held`` is what the dataset holds of the store."""
+    plan = _Plan(store_id=store, store_name=(entry or {}).get("store_name", ""))
+    stored = {row["batch_id"]: row for row in held.iter_rows(named=True)}
+    # What the stored listing covers: every batch (None), or those opened from a day on.
+    prior = entry.get("listed_since") if entry else None
+    wanted = None if since is None else since.isoformat()
+    covered = entry is not None and (prior is None or (wanted is not None and wanted >= prior))
+    list_from = since
+    opened = [r["opened_at"] for r in stored.values() if r["opened_at"] is not None]
+    if covered and opened:
+        # Only batches opened on or after the latest stored one can be new or changed
+        # (from a day earlier: the server counts days in its own time zone).
+        floor = max(opened).date() - timedelta(days=1)
+        list_from = floor if since is None else max(since, floor)
+    if entry is None:
+        plan.list_since = wanted
+    else:
+        plan.list_since = None if prior is None or wanted is None else min(wanted, prior)
+    listing = yield from _pages(store, list_from, None, False, plan)
+    needed: dict[str, models.Batch] = {}
+    for batch in listing.values():
+        plan.store_name = batch.store_name or plan.store_name
+        old = stored.get(batch.id)
+        if old is None:
+            plan.new.append(batch.id)
+            needed[batch.id] = batch
+        elif old["status"] == "closed" or all(
+            old[name] == value for name, value in zip(_LISTED, _listed(batch), strict=True)
+        ):
+            continue
+        else:
+            plan.refreshed.append(batch.id)
+            needed[batch.id] = batch
+    plan.skipped = len(stored) - len(plan.refreshed)
+    days = [_day(b.opened_at) for b in needed.values()]
+    if any(d is None for d in days):
+        raise DatasetError(f"store {store}: a batch without an opening time cannot be synced")
+    for first, last in _runs([d for d in days if d is not None]):
+        got = yield from _pages(
+            store, first - timedelta(days=1), last + timedelta(days=1), True, plan
+        )
+        plan.fetched.extend(b for b in got.values() if b.id in needed)
+    missing = set(needed) - {b.id for b in plan.fetched}
+    if missing:
+        raise DatasetError(
+            f"store {store}: {len(missing)} batches listed were not found when fetched "
+            "with their transactions; sync again"
+        )
+    plan.new.sort()
+    plan.refreshed.sort()
+    return plan
+
+
+def _listed(batch: models.Batch) -> tuple[Any, ...]:
+    row = frames.batches_frame([batch]).row(0, named=True)
+    return tuple(row[name] for name in _LISTED)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _store_folder(kind: str, store: str) -> str:
+    return f"{kind}/store_id={store}"
+
+
+def _read_part(root: Path, relative: str, schema: pl.Schema, store: str) -> pl.DataFrame:
+    return frames.conform(
+        pl.read_parquet(root / relative).with_columns(pl.lit(store).alias("store_id")), schema
+    )
+
+
+def _write_part(df: pl.DataFrame, final: Path) -> None:
+    _replace_atomically(
+        final,
+        lambda p: df.drop("store_id").write_parquet(p, compression="zstd", statistics=True),
+    )
+
+
+def _write_store(
+    root: Path, plan: _Plan, held: pl.DataFrame, entry: dict[str, Any] | None, generation: int
+) -> tuple[dict[str, Any], StoreSync]:
+    """Write one store's new files (temporary names, renamed); its new manifest entry."""
+    entry = dict(entry or {"batches": None, "transactions": {}})
+    entry["store_name"] = plan.store_name
+    entry["listed_since"] = plan.list_since
+    report = StoreSync(
+        plan.store_id,
+        plan.store_name,
+        new=len(plan.new),
+        refreshed=len(plan.refreshed),
+        skipped=plan.skipped,
+        requests=plan.requests,
+    )
+    if not plan.fetched:
+        return entry, report
+    part = f"part-{generation:06d}.parquet"
+    replaced = set(plan.new) | set(plan.refreshed)
+    fetched_batches = frames.batches_frame(plan.fetched)
+    batches = pl.concat([held.filter(~pl.col("batch_id").is_in(replaced)), fetched_batches]).sort(
+        "opened_at", "batch_id"
+    )
+    txs = frames.transactions_frame(plan.fetched).with_columns(
+        pl.col("at").dt.strftime(_MONTH).alias("_month")
+    )
+    months = set(txs["_month"].unique().to_list())
+    for row in held.filter(pl.col("batch_id").is_in(replaced)).iter_rows(named=True):
+        for moment in (row["opened_at"], row["closed_at"]):
+            if moment is not None:
+                months.add(moment.strftime(_MONTH))
+    old_months: dict[str, str] = dict(entry["transactions"])
+    new_months = dict(old_months)
+    rows = files = 0
+    for month in sorted(months):
+        fresh = txs.filter(pl.col("_month") == month).drop("_month")
+        if month in old_months:
+            kept = _read_part(root, old_months[month], frames.TRANSACTION_SCHEMA, plan.store_id)
+            kept = kept.filter(~pl.col("batch_id").is_in(replaced))
+            fresh = pl.concat([kept, fresh])
+        if fresh.is_empty():
+            new_months.pop(month, None)
+            continue
+        relative = f"{_store_folder('transactions', plan.store_id)}/month={month}/{part}"
+        _write_part(fresh.sort("at", "host_ref"), root / relative)
+        new_months[month] = relative
+        rows += fresh.height
+        files += 1
+    relative = f"{_store_folder('batches', plan.store_id)}/{part}"
+    _write_part(batches, root / relative)
+    entry["batches"] = relative
+    entry["transactions"] = dict(sorted(new_months.items()))
+    report = StoreSync(
+        plan.store_id,
+        plan.store_name,
+        new=len(plan.new),
+        refreshed=len(plan.refreshed),
+        skipped=plan.skipped,
+        requests=plan.requests,
+        rows_written=rows,
+        files_written=files + 1,
+    )
+    return entry, report
+
+
+def _held(root: Path, entry: dict[str, Any] | None, store: str) -> pl.DataFrame:
+    if not entry or not entry.get("batches"):
+        return pl.DataFrame(schema=frames.BATCH_SCHEMA)
+    return _read_part(root, entry["batches"], frames.BATCH_SCHEMA, store)
+
+
+class _Dataset:
+    """A sync in progress: the manifest, committed store by store under a lock."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.generation = int(manifest.get("generation", 0)) + 1
+        self.lock = threading.Lock()
+
+    def entry(self, store: str) -> dict[str, Any] | None:
+        with self.lock:
+            found = self.manifest["stores"].get(store)
+            return dict(found) if found else None
+
+    def commit(self, plan: _Plan) -> StoreSync:
+        """Write one store's files, then point the manifest at them; remove the replaced."""
+        entry = self.entry(plan.store_id)
+        held = _held(self.root, entry, plan.store_id)
+        try:
+            new_entry, report = _write_store(self.root, plan, held, entry, self.generation)
+            if not plan.fetched and entry is not None and entry == new_entry:
+                return report  # nothing new: nothing written
+            with self.lock:
+                before = set(_manifest_files(self.manifest))
+                self.manifest["stores"][plan.store_id] = new_entry
+                self.manifest["generation"] = self.generation
+                _write_manifest(self.root, self.manifest)
+                gone = before - _manifest_files(self.manifest)
+            for relative in gone:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.root / relative).unlink()
+        except OSError as failed:
+            raise _unwritable(self.root, failed) from failed
+        return report
+
+
+# ------------------------------------------------------------------ sync
+
+
+def sync(
+    client: Any,
+    path: str | Path,
+    stores: Sequence[Any] | None = None,
+    since: date | None = None,
+    concurrency: int = 8,
+    progress: bool = True,
+) -> SyncReport | Awaitable[SyncReport]:
+    """Bring the dataset at ``path`` up to date with the server; what it did, per store.
+
+    ``stores``: default every store the user is granted (stores the dataset holds but the
+    user no longer is granted are kept as they were, with a warning); an explicit store
+    that is not granted fails with ``SyncError`` (its ``failures`` hold the decline).
+    ``since``: only batches opened from that day on (later syncs may reach further back).
+    With an ``AsyncGiftCardClient`` this returns an awaitable: ``await frames.sync(ac, ...)``.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    root = Path(path).expanduser()
+    if inspect.iscoroutinefunction(client.batches):
+        return _sync_async(client, root, stores, since, concurrency, progress)
+    store_ids = _store_ids(stores, lambda: client.verify().stores)
+    _open_for_sync(root)
+    with _sync_lock(root):
+        manifest = _read_manifest(root)
+        _remove_leftovers(root, manifest)
+        dataset = _Dataset(root, manifest)
+        done: dict[str, StoreSync] = {}
+        failures: dict[str, BaseException] = {}
+
+        def one(store: str) -> StoreSync:
+            entry = dataset.entry(store)
+            flow = _store_flow(store, _held(root, entry, store), entry, since)
+            try:
+                ask = next(flow)
+                while True:
+                    ask = flow.send(client.batches(**ask))
+            except StopIteration as finished:
+                plan: _Plan = finished.value
+            return dataset.commit(plan)
+
+        bar = tqdm(total=len(store_ids), desc="syncing", unit="store", disable=not progress)
+        with bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures: dict[Future[StoreSync], str] = {pool.submit(one, s): s for s in store_ids}
+            pending = set(futures)
+            try:
+                while pending:
+                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        _collect(future, futures[future], done, failures)
+                        bar.update(1)
+                    if failures:
+                        for future in pending:
+                            future.cancel()
+            except BaseException:  # Ctrl-C: stores not started are not started
+                for future in pending:
+                    future.cancel()
+                raise
+            for future in pending:
+                if not future.cancelled():
+                    _collect(future, futures[future], done, failures)
+    return _finish(root, store_ids, done, failures, explicit=stores is not None)
+
+
+def _collect(
+    future: Future[StoreSync],
+    store: str,
+    done: dict[str, StoreSync],
+    failures: dict[str, BaseException],
+) -> None:
+    if future.cancelled():
+        return
+    failed = future.exception()
+    if failed is None:
+        done[store] = future.result()
+    else:
+        failures[store] = failed
+
+
+def _store_ids(stores: Sequence[Any] | None, granted: Any) -> list[str]:
+    if stores is not None:
+        return list(dict.fromkeys(_protocol.store_id(s) for s in stores))
+    return sorted(_protocol.store_id(s) for s in granted())
+
+
+def _not_granted(root: Path, store_ids: list[str], explicit: bool) -> tuple[str, ...]:
+    if explicit:
+        return ()
+    try:
+        held = _read_manifest(root)["stores"]
+    except DatasetError:
+        return ()
+    return tuple(sorted(set(held) - set(store_ids)))
+
+
+def _finish(
+    root: Path,
+    store_ids: list[str],
+    done: dict[str, StoreSync],
+    failures: dict[str, BaseException],
+    explicit: bool,
+) -> SyncReport:
+    lost = _not_granted(root, store_ids, explicit)
+    report = SyncReport(
+        path=root,
+        stores=tuple(done[s] for s in sorted(done, key=lambda s: (done[s].store_name, s))),
+        not_granted=lost,
+    )
+    for failed in failures.values():
+        if not isinstance(failed, Exception):  # Ctrl-C, SystemExit: stop as asked
+            raise failed
+    if failures:
+        raise SyncError(_failure_message(root, store_ids, failures), report, failures) from next(
+            iter(failures.values())
+        )
+    if lost:
+        warnings.warn(
+            f"{len(lost)} stores in {root} are no longer granted to this user and were not "
+            f"synced (their data stays as last synced): {', '.join(lost)}",
+            stacklevel=3,
+        )
+    return report
+
+
+def _failure_message(root: Path, store_ids: list[str], failures: dict[str, BaseException]) -> str:
+    lines = []
+    for store, failed in sorted(failures.items()):
+        if isinstance(failed, errors.StoreNotGranted):
+            why = "is not granted to this user (declined 100010): leave it out of stores="
+        elif isinstance(failed, DatasetError):
+            why = str(failed)
+        elif isinstance(failed, errors.TransportError):
+            why = f"the server's answers were lost ({failed}): sync again"
+        else:
+            why = f"{type(failed).__name__}: {failed}"
+        lines.append(f"store {store} {why}")
+    return (
+        f"sync of {root} failed for {len(failures)} of {len(store_ids)} stores; what was "
+        "synced stays readable and the next sync completes it:\n  " + "\n  ".join(lines)
+    )
+
+
+async def _sync_async(
+    client: Any,
+    root: Path,
+    stores: Sequence[Any] | None,
+    since: date | None,
+    concurrency: int,
+    progress: bool,
+) -> SyncReport:
+    granted = (await client.verify()).stores if stores is None else ()
+    store_ids = _store_ids(stores, lambda: granted)
+    _open_for_sync(root)
+    with _sync_lock(root):
+        manifest = _read_manifest(root)
+        _remove_leftovers(root, manifest)
+        dataset = _Dataset(root, manifest)
+        done: dict[str, StoreSync] = {}
+        failures: dict[str, BaseException] = {}
+        gate = asyncio.Semaphore(concurrency)
+        bar = tqdm(total=len(store_ids), desc="syncing", unit="store", disable=not progress)
+
+        async def one(store: str) -> None:
+            async with gate:
+                if failures:
+                    return
+                try:
+                    entry = dataset.entry(store)
+                    flow = _store_flow(store, _held(root, entry, store), entry, since)
+                    try:
+                        ask = next(flow)
+                        while True:
+                            ask = flow.send(await client.batches(**ask))
+                    except StopIteration as finished:
+                        plan: _Plan = finished.value
+                    done[store] = await asyncio.to_thread(dataset.commit, plan)
+                except Exception as failed:
+                    failures[store] = failed
+                bar.update(1)
+
+        with bar:
+            await asyncio.gather(*(one(s) for s in store_ids))
+    return _finish(root, store_ids, done, failures, explicit=stores is not None)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _files(
+    root: Path,
+    manifest: dict[str, Any],
+    stores: Sequence[Any] | None,
+    since: date | None,
+    until: date | None,
+) -> tuple[list[Path], list[Path]]:
+    wanted = None if stores is None else {_protocol.store_id(s) for s in stores}
+    first = None if since is None else since.strftime(_MONTH)
+    last = None if until is None else until.strftime(_MONTH)
+    batch_files, tx_files = [], []
+    for store, entry in sorted(manifest["stores"].items()):
+        if wanted is not None and store not in wanted:
+            continue
+        if entry.get("batches"):
+            batch_files.append(root / entry["batches"])
+        for month, relative in sorted(entry.get("transactions", {}).items()):
+            if (first is None or month >= first) and (last is None or month <= last):
+                tx_files.append(root / relative)
+    return batch_files, tx_files
+
+
+def _scan_files(files: list[Path], schema: pl.Schema) -> pl.LazyFrame:
+    if not files:
+        return pl.LazyFrame(schema=schema)
+    scanned = pl.scan_parquet(files, hive_partitioning=True)
+    return scanned.select([pl.col(name).cast(dtype) for name, dtype in schema.items()])
+
+
+def scan(
+    path: str | Path,
+    *,
+    stores: Sequence[Any] | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """(batches, transactions) of the dataset at ``path``, lazily, in the frame schemas.
+
+    Only the files of its last complete sync are read. ``stores``, ``since`` and ``until``
+    leave out, before anything is read, the files of other stores and of months outside the
+    dates (then filter on ``at`` / ``opened_at`` for the exact days); a filter on
+    ``store_id`` skips other stores' files too.
+    """
+    root = Path(path).expanduser()
+    manifest = _read_manifest(root)
+    batch_files, tx_files = _files(root, manifest, stores, since, until)
+    return (
+        _scan_files(batch_files, frames.BATCH_SCHEMA),
+        _scan_files(tx_files, frames.TRANSACTION_SCHEMA),
+    )
+
+
+def load(
+    path: str | Path,
+    *,
+    stores: Sequence[Any] | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(batches, transactions) of the dataset at ``path``, in memory (see ``scan``)."""
+    batches, txs = scan(path, stores=stores, since=since, until=until)
+    collected = pl.collect_all([batches, txs], engine="streaming")
+    return collected[0], collected[1]

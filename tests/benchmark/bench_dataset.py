@@ -1,0 +1,151 @@
+"""The local dataset: sync beside sequential fetch, and the analytics suite read from it.
+
+    python tests/benchmark/bench_dataset.py [--rows 10000000] [--chunk 10000000]
+
+1. Sync of the embedded demo server's history (``frames.sync``, stores concurrently)
+   beside a sequential ``frames.fetch`` of the same data, then a re-sync with nothing new.
+   (The issue's 50-store, 365-day chain needs ``serve --seed chain``, not built yet: this
+   measures the demo's 3 stores and 90 days until it is.)
+2. ``write_dataset``: a dataset of any size written directly (no server), in chunks of
+   ``--chunk`` rows (each chunk its own 10 stores, so memory stays that of one chunk), then
+   the whole analytics suite over ``frames.scan`` of it, in a fresh process with its peak RSS.
+
+Each measurement of 2. runs in its own process, so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+
+from bench_frames import batches_of, synthetic_transactions  # noqa: E402
+
+
+def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 365) -> Path:
+    """A dataset of ``rows`` synthetic transactions at ``path``, in ``sync``'s layout and
+    manifest, written chunk by chunk (each chunk 10 stores of its own)."""
+    from giftcard_toolkit.analysis import dataset, frames
+
+    manifest = dataset._new_manifest()
+    manifest["generation"] = 1
+    part = "part-000001.parquet"
+    written = 0
+    for number in range(max(1, -(-rows // chunk))):
+        size = min(chunk, rows - written)
+        txs = synthetic_transactions(size, stores=10, days=days, seed=number)
+        # Each chunk's own stores and host refs (its cards differ already: seeded apart).
+        txs = txs.with_columns(
+            pl.col("store_id").str.replace("-0000-4000", f"-{number:04d}-4000", literal=True),
+            pl.format("c{}-{}", pl.lit(number), pl.col("host_ref")).alias("host_ref"),
+            pl.format("{} ({})", pl.col("store_name"), pl.lit(number)).alias("store_name"),
+        )
+        txs = frames.conform(txs, frames.TRANSACTION_SCHEMA)
+        batches = batches_of(txs)
+        months = txs.with_columns(pl.col("at").dt.strftime("%Y-%m").alias("_month"))
+        for (store,), store_txs in months.partition_by("store_id", as_dict=True).items():
+            entry: dict[str, object] = {"store_name": None, "listed_since": None}
+            store_batches = batches.filter(pl.col("store_id") == store)
+            relative = f"batches/store_id={store}/{part}"
+            dataset._write_part(store_batches.sort("opened_at"), path / relative)
+            entry["batches"] = relative
+            entry["store_name"] = store_batches["store_name"][0]
+            files = {}
+            for (month,), month_txs in store_txs.partition_by("_month", as_dict=True).items():
+                relative = f"transactions/store_id={store}/month={month}/{part}"
+                dataset._write_part(
+                    month_txs.drop("_month").sort("at", "host_ref"), path / relative
+                )
+                files[str(month)] = relative
+            entry["transactions"] = dict(sorted(files.items()))
+            manifest["stores"][str(store)] = entry
+        written += size
+        del txs, batches, months
+    dataset._write_manifest(path, manifest)
+    return path
+
+
+def analytics_over_dataset(path: str) -> int:
+    from giftcard_toolkit import analytics, frames
+
+    batches, txs = frames.scan(path)
+    as_of = txs.select(pl.col("at").max()).collect().item()
+    analytics.daily_summary(txs)
+    analytics.liability(txs)
+    analytics.redemption_curve(txs)
+    analytics.breakage(txs, as_of)
+    analytics.anomalies(txs)
+    analytics.reconcile(batches, txs)
+    return int(txs.select(pl.len()).collect().item())
+
+
+def measure(path: str) -> dict[str, float]:
+    started = time.perf_counter()
+    rows = analytics_over_dataset(path)
+    seconds = time.perf_counter() - started
+    with open("/proc/self/status") as status:
+        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    return {"seconds": seconds, "rows": rows, "peak_mb": peak_kb / 1024}
+
+
+def sync_beside_fetch(tmp: Path) -> None:
+    from giftcard_toolkit import GiftCardClient, frames
+    from giftcard_toolkit.server import running
+
+    with running() as srv, GiftCardClient(srv.url, srv.username, srv.password) as gc:
+        started = time.perf_counter()
+        _, txs = frames.fetch(gc, progress=False)
+        fetch_s = time.perf_counter() - started
+        started = time.perf_counter()
+        report = frames.sync(gc, tmp / "demo", progress=False)
+        sync_s = time.perf_counter() - started
+        started = time.perf_counter()
+        again = frames.sync(gc, tmp / "demo", progress=False)
+        resync_s = time.perf_counter() - started
+    print(f"demo server: {len(srv.stores)} stores, {txs.height:,} transactions")
+    print(f"  sequential fetch      {fetch_s:6.2f} s")
+    print(f"  sync (concurrent)     {sync_s:6.2f} s  {fetch_s / sync_s:4.1f}x fetch  {report}")
+    print(f"  re-sync, nothing new  {resync_s:6.2f} s  ({again.requests} requests)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="*", default=[10_000_000])
+    parser.add_argument("--chunk", type=int, default=10_000_000)
+    parser.add_argument("--measure", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure)))
+        return
+    with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
+        tmp = Path(name)
+        sync_beside_fetch(tmp)
+        for rows in args.rows:
+            started = time.perf_counter()
+            path = write_dataset(tmp / f"rows-{rows}", rows, chunk=args.chunk)
+            made = time.perf_counter() - started
+            out = subprocess.run(
+                [sys.executable, str(HERE), "--measure", str(path)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            print(
+                f"analytics suite over the dataset, {rows:,} transactions (written in "
+                f"{made:.0f} s): {result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
+            )
+    print("aims: sync >= 2x fetch; re-sync <= 2 s; analytics at 100M rows <= 3 GB peak")
+
+
+if __name__ == "__main__":
+    main()
