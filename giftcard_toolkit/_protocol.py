@@ -99,7 +99,7 @@ def store_id(store: Any) -> str:
     """A store's id from a ``Store`` or a GUID string; anything else is refused before
     sending, naming what was given (a card number given by mistake shown masked)."""
     value = getattr(store, "id", store)
-    if isinstance(value, str) and GUID.match(value.strip()):
+    if isinstance(value, str) and GUID.fullmatch(value.strip()):
         return value.strip().lower()
     shown = repr(value) if not isinstance(value, str) else repr(scrub(value)[:60])
     raise errors.InvalidInput(

@@ -480,3 +480,14 @@ def test_admin_add_store_refuses_control_characters_and_bidi_overrides(tmp_path,
         main(["admin", "--db", str(db), "add-store", *args])
     assert message in str(refused_.value) and "nothing was changed" in str(refused_.value)
     assert not db.exists(), "refused before the database was opened"
+
+
+def test_a_store_id_with_a_trailing_newline_is_refused_as_malformed(srv, pos):
+    card, token = pos.sold_card("10")
+    answer = pos.send(
+        "POST",
+        "/Transaction/reload",
+        {"cardtoken": token, "amount": 1, "FranchiseeID": srv.stores[0].id + "\n"},
+    )
+    assert answer.status_code == 400 and "FranchiseeID" in answer.json()["errors"]
+    assert pos.balance(token) == 10

@@ -591,7 +591,7 @@ def _case_problems(
     operation: str, row: dict[str, str], needs_code: bool, separator: str, why: list[str]
 ) -> Decimal | None:
     """Adds a card-case row's problems to ``why``; answers an adjust row's signed amount."""
-    if not GUID.match(row["store_id"].strip()):
+    if not GUID.fullmatch(row["store_id"].strip()):
         why.append(f"store_id must be the store's GUID, e.g. {GUID_EXAMPLE}")
     if not row["reason"].strip():
         why.append(f"reason is required to {operation}: say why, for the audit log")
@@ -680,7 +680,7 @@ def _row_problems(
             amount = parse_amount(row["amount"], separator)
         except AmountError as bad:
             why.append(str(bad))
-        if not GUID.match(row["store_id"].strip()):
+        if not GUID.fullmatch(row["store_id"].strip()):
             why.append(f"store_id must be the store's GUID, e.g. {GUID_EXAMPLE}")
     if operation in STATUS_OPERATIONS and not row["reason"].strip():
         why.append("reason is required to block or unblock")

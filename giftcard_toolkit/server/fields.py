@@ -337,7 +337,7 @@ class Fields:
         value = self.text(name, required=required, example='"3f2a6c1e-...-...."')
         if value is None:
             return None
-        if not GUID.match(value):
+        if not GUID.fullmatch(value):
             self.fail(name, f"{name} must be a store id GUID like {GUID_EXAMPLE}")
             return None
         return value.lower()
@@ -393,7 +393,7 @@ def query_date(value: str | None, name: str) -> date | None:
 
 
 def path_guid(value: str, name: str = "storeid") -> str:
-    if not GUID.match(value):
+    if not GUID.fullmatch(value):
         raise InvalidRequest({name: [f"{name} must be a store id GUID like {GUID_EXAMPLE}"]})
     return value.lower()
 
