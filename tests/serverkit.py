@@ -107,3 +107,23 @@ class Pos:
 
     def close(self) -> None:
         self.http.close()
+
+
+def books(srv: Any, tokens: bool = True) -> tuple[Any, ...]:
+    """Everything a request could have applied: money, card states, batches, status
+    changes, tokens (unless ``tokens`` is false: a valid /v1/Token makes one),
+    security-code failures, idempotency records, stores."""
+    with srv.ledger.read() as conn:
+        return tuple(
+            tuple(tuple(row) for row in conn.execute(sql))
+            for sql in (
+                "SELECT count(*), coalesce(sum(amount_cents), 0), coalesce(max(id), 0) FROM ledger",
+                "SELECT id, state, balance_cents, locked_until FROM cards ORDER BY id",
+                "SELECT id, status, closed_at FROM batches ORDER BY id",
+                "SELECT count(*) FROM status_changes",
+                "SELECT count(*) FROM tokens" if tokens else "SELECT 0",
+                "SELECT count(*) FROM code_failures",
+                "SELECT count(*) FROM idempotency",
+                "SELECT id, name, address FROM stores ORDER BY id",
+            )
+        )

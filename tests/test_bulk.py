@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from decimal import Decimal
@@ -10,32 +9,14 @@ from decimal import Decimal
 import httpx
 import polars as pl
 import pytest
+from bulkkit import balances, ledger_rows, sold, unsold, write
 from serverkit import UNKNOWN_CARD
 
 from giftcard_toolkit import GiftCardClient, audit, bulk
 
 
-def _unsold(server, count: int, taken=set()):  # noqa: B006 - one pool for the module
-    cards = [c for c in server.card_stock if not c.sold and c.number not in taken][:count]
-    taken.update(c.number for c in cards)
-    return cards
-
-
-def _write(path, rows):
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(bulk.COLUMNS)
-        writer.writerows(rows)
-    return path
-
-
-def _ledger_rows(server) -> int:
-    with server.ledger.read() as conn:
-        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
-
-
 def test_every_bad_row_is_named_and_nothing_is_sent(server, tmp_path):
-    cards = _unsold(server, 10)  # nothing is sent, so a few cards can fill the file
+    cards = unsold(server, 10)  # nothing is sent, so a few cards can fill the file
     store = server.stores[0].id
     rows = []
     bad_lines = set()
@@ -54,18 +35,18 @@ def test_every_bad_row_is_named_and_nothing_is_sent(server, tmp_path):
         else:
             card = cards[i % len(cards)]
             rows.append(["sell", card.number, card.security_code, "10", store, "", "bulk"])
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with (
         GiftCardClient(server.url, server.username, server.password) as gc,
         pytest.raises(bulk.BulkFileError) as raised,
     ):
-        bulk.run(gc, _write(tmp_path / "fixes.csv", rows), progress=False)
+        bulk.run(gc, write(tmp_path / "fixes.csv", rows), progress=False)
     assert {line for line, _ in raised.value.problems} == bad_lines
     assert len(raised.value.problems) == 50
     message = str(raised.value)
     assert "'refund' is not one of" in message and "must be 16 digits" in message
     assert "at most 2 decimals" in message and "GUID" in message and "reason" in message
-    assert _ledger_rows(server) == before, "nothing was sent"
+    assert ledger_rows(server) == before, "nothing was sent"
     assert all(c.number not in message for c in cards)
 
 
@@ -88,12 +69,12 @@ class CrashAfter(httpx.HTTPTransport):
 
 
 def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, tmp_path):
-    cards = _unsold(server, 30)
+    cards = unsold(server, 30)
     store = server.stores[1].id
     rows = [["sell", c.number, c.security_code, "20.00", store, "", "bulk"] for c in cards]
     rows += [["redeem", c.number, c.security_code, "7.50", store, "", "bulk"] for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    path = write(tmp_path / "fixes.csv", rows)
+    before = ledger_rows(server)
     with (
         GiftCardClient(
             server.url, server.username, server.password, transport=CrashAfter(12)
@@ -122,7 +103,7 @@ def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, t
     earlier = results.filter(pl.col("status") == "already applied")
     assert earlier["replayed"].sum() == 1
     assert balances == {Decimal("12.50")}, "each sale and each redeem applied exactly once"
-    assert _ledger_rows(server) == before + 60
+    assert ledger_rows(server) == before + 60
     with GiftCardClient(server.url, server.username, server.password) as gc:
         (open_batch,) = gc.batches(store, status="open")
     applied = [
@@ -138,9 +119,9 @@ def test_an_interrupted_run_resumes_and_applies_every_row_exactly_once(server, t
 
 
 def test_dry_run_checks_cards_and_moves_nothing(server, tmp_path):
-    cards = _unsold(server, 3)
+    cards = unsold(server, 3)
     store = server.stores[0].id
-    path = _write(
+    path = write(
         tmp_path / "fixes.csv",
         [
             ["sell", cards[0].number, cards[0].security_code, "10", store, "", ""],
@@ -148,21 +129,21 @@ def test_dry_run_checks_cards_and_moves_nothing(server, tmp_path):
             ["block", cards[2].number, cards[2].security_code, "", "", "lost", ""],
         ],
     )
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         checked = bulk.run(gc, path, dry_run=True, progress=False)
     # Predicted, not just checked: a never-sold card can be neither redeemed nor blocked.
     assert checked["status"].to_list() == ["checked", "would be declined", "would be declined"]
     assert checked["statuscode"].to_list() == ["000000", "100002", "100002"]
     assert checked["new_balance"].to_list() == [Decimal("10.00"), Decimal("0.00"), Decimal("0.00")]
-    assert _ledger_rows(server) == before
+    assert ledger_rows(server) == before
     assert not (tmp_path / "fixes.csv.journal").exists()
 
 
 def test_declines_are_results_not_failures(server, tmp_path):
-    (card,) = _unsold(server, 1)
+    (card,) = unsold(server, 1)
     store = server.stores[0].id
-    path = _write(
+    path = write(
         tmp_path / "fixes.csv",
         [
             ["sell", card.number, card.security_code, "5", store, "", ""],
@@ -204,30 +185,17 @@ class LoseAnswers(httpx.HTTPTransport):
         return response
 
 
-def _sold(server, count: int, amount: str = "10") -> list:
-    cards = _unsold(server, count)
-    with GiftCardClient(server.url, server.username, server.password) as gc:
-        for card in cards:
-            gc.sell(card, amount, card.store_id)
-    return cards
-
-
-def _balances(server, cards) -> list[Decimal]:
-    with GiftCardClient(server.url, server.username, server.password) as gc:
-        return [gc.balance(c).balance for c in cards]
-
-
 def test_lost_answers_are_sent_again_with_the_same_key_and_reported_as_replays(server, tmp_path):
-    cards = _sold(server, 6)
+    cards = sold(server, 6)
     rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", "fix"] for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     with GiftCardClient(
         server.url, server.username, server.password, transport=LoseAnswers(4), attempts=1
     ) as gc:
         first = bulk.run(gc, path, concurrency=1, progress=False)
     assert first["status"].to_list() == ["error"] * 4 + ["approved"] * 2
     assert all("may have been applied" in d for d in first["description"][:4])
-    assert _balances(server, cards) == [Decimal("13.00")] * 6, "the lost four were applied"
+    assert balances(server, cards) == [Decimal("13.00")] * 6, "the lost four were applied"
     for _ in range(2):  # every rerun: the four answered as replays, nothing moved again
         with GiftCardClient(server.url, server.username, server.password) as gc:
             again = bulk.run(gc, path, progress=False)
@@ -235,18 +203,18 @@ def test_lost_answers_are_sent_again_with_the_same_key_and_reported_as_replays(s
         assert again["replayed"].to_list() == [True] * 4 + [False] * 2
         assert again["idempotency_key"].to_list() == first["idempotency_key"].to_list()
         assert again["new_balance"].to_list() == [Decimal("13.00")] * 6
-    assert _balances(server, cards) == [Decimal("13.00")] * 6
+    assert balances(server, cards) == [Decimal("13.00")] * 6
 
 
 def test_mending_a_declined_row_sends_only_that_row_with_old_or_new_journal(server, tmp_path):
-    cards = _sold(server, 5)
+    cards = sold(server, 5)
     rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", ""] for c in cards]
     typo_row = ["reload", UNKNOWN_CARD, cards[4].security_code, "3.00", cards[4].store_id, "", ""]
-    path = _write(tmp_path / "fixes.csv", rows[:4] + [typo_row])
+    path = write(tmp_path / "fixes.csv", rows[:4] + [typo_row])
     with GiftCardClient(server.url, server.username, server.password) as gc:
         first = bulk.run(gc, path, progress=False)
         assert first["status"].to_list() == ["approved"] * 4 + ["declined"]
-        _write(path, rows)  # the typo mended
+        write(path, rows)  # the typo mended
         mended = bulk.run(gc, path, progress=False)
         assert mended["status"].to_list() == ["already applied"] * 4 + ["approved"]
         assert mended["replayed"].to_list() == [False] * 5, "the four were not sent again"
@@ -255,13 +223,13 @@ def test_mending_a_declined_row_sends_only_that_row_with_old_or_new_journal(serv
     assert fresh["status"].to_list() == ["already applied"] * 5
     assert fresh["replayed"].to_list() == [True] * 5
     assert mended["idempotency_key"][:4].to_list() == first["idempotency_key"][:4].to_list()
-    assert _balances(server, cards) == [Decimal("13.00")] * 5
+    assert balances(server, cards) == [Decimal("13.00")] * 5
 
 
 def test_a_row_of_unknown_outcome_that_changed_is_refused_until_restored(server, tmp_path):
-    cards = _sold(server, 3)
+    cards = sold(server, 3)
     rows = [["reload", c.number, c.security_code, "3.00", c.store_id, "", ""] for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     with GiftCardClient(
         server.url,
         server.username,
@@ -271,31 +239,29 @@ def test_a_row_of_unknown_outcome_that_changed_is_refused_until_restored(server,
     ) as gc:
         partial = bulk.run(gc, path, concurrency=1, progress=False)
     assert partial["status"].to_list() == ["approved", "approved", "error"]
-    _write(path, [*rows[:2], [*rows[2][:3], "30.00", *rows[2][4:]]])  # "fixing" the lost row
-    before = _ledger_rows(server)
+    write(path, [*rows[:2], [*rows[2][:3], "30.00", *rows[2][4:]]])  # "fixing" the lost row
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         with pytest.raises(bulk.BulkFileError, match="line 4: reload .*outcome is unknown") as no:
             bulk.run(gc, path, progress=False)
         assert "Restore it" in str(no.value) and cards[2].number not in str(no.value)
-        assert _ledger_rows(server) == before, "nothing was sent"
-        _write(path, rows)  # restored
+        assert ledger_rows(server) == before, "nothing was sent"
+        write(path, rows)  # restored
         restored = bulk.run(gc, path, progress=False)
     assert restored["status"].to_list() == ["already applied"] * 3
     assert restored["replayed"].to_list() == [False, False, True]
-    assert _balances(server, cards) == [Decimal("13.00")] * 3
+    assert balances(server, cards) == [Decimal("13.00")] * 3
 
 
 def test_a_rows_key_depends_on_that_row_alone(server, tmp_path):
-    cards = _unsold(server, 3)
+    cards = unsold(server, 3)
     store = server.stores[0].id
     rows = [["reload", c.number, c.security_code, "3.00", store, "", ""] for c in cards]
     with GiftCardClient(server.url, server.username, server.password) as gc:
-        keys = [
-            f.key for f in bulk.validate(_write(tmp_path / "a.csv", rows), True, gc.derived_key)
-        ]
+        keys = [f.key for f in bulk.validate(write(tmp_path / "a.csv", rows), True, gc.derived_key)]
         changed = [rows[0], [*rows[1][:3], "4.00", *rows[1][4:]], rows[2], rows[2]]
         again = [
-            f.key for f in bulk.validate(_write(tmp_path / "b.csv", changed), True, gc.derived_key)
+            f.key for f in bulk.validate(write(tmp_path / "b.csv", changed), True, gc.derived_key)
         ]
         with GiftCardClient(server.url, "clerk", "clerk-password") as other:
             theirs = bulk.validate(tmp_path / "a.csv", True, other.derived_key)
@@ -314,14 +280,14 @@ def test_missing_columns_are_named(tmp_path):
 
 
 def test_a_journal_from_before_amounts_were_keyed_in_cents_keeps_its_keys(server, tmp_path):
-    cards = _sold(server, 2)
+    cards = sold(server, 2)
     rows = [["reload", c.number, c.security_code, "3", c.store_id, "", ""] for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     journal = tmp_path / "fixes.csv.journal"
     with GiftCardClient(server.url, server.username, server.password) as gc:
         fixes = bulk.validate(path, True, gc.derived_key)
         resaved = bulk.validate(
-            _write(tmp_path / "resaved.csv", [[*r[:3], "3.00", *r[4:]] for r in rows]),
+            write(tmp_path / "resaved.csv", [[*r[:3], "3.00", *r[4:]] for r in rows]),
             True,
             gc.derived_key,
         )
@@ -347,7 +313,7 @@ def test_a_journal_from_before_amounts_were_keyed_in_cents_keeps_its_keys(server
     assert results["status"].to_list() == ["already applied"] * 2
     assert results["replayed"].to_list() == [False, True]
     assert results["idempotency_key"].to_list() == [f.legacy_key for f in fixes]
-    assert _balances(server, cards) == [Decimal("13.00")] * 2, "nothing applied twice"
+    assert balances(server, cards) == [Decimal("13.00")] * 2, "nothing applied twice"
 
 
 class ChecksWriteAhead(httpx.HTTPTransport):
@@ -370,10 +336,10 @@ class ChecksWriteAhead(httpx.HTTPTransport):
 
 
 def test_each_row_is_journalled_before_it_is_sent_and_every_outcome_by_the_end(server, tmp_path):
-    cards = _sold(server, 24)
+    cards = sold(server, 24)
     rows = [["reload", c.number, c.security_code, "1.00", c.store_id, "", ""] for c in cards]
     rows += [["redeem", c.number, c.security_code, "2.00", c.store_id, "", ""] for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     journal = tmp_path / "fixes.csv.journal"
     checking = ChecksWriteAhead(journal)
     with GiftCardClient(server.url, server.username, server.password, transport=checking) as gc:
@@ -382,4 +348,4 @@ def test_each_row_is_journalled_before_it_is_sent_and_every_outcome_by_the_end(s
     assert set(results["status"]) == {"approved"}
     events = Counter(json.loads(t)["event"] for t in journal.read_text().splitlines())
     assert events == {"sending": 48, "done": 48}
-    assert _balances(server, cards) == [Decimal("9.00")] * 24, "in file order, per card"
+    assert balances(server, cards) == [Decimal("9.00")] * 24, "in file order, per card"

@@ -12,6 +12,7 @@ from typing import cast
 import httpx
 import polars as pl
 import pytest
+from bulkkit import balances, ledger_rows, sold, unsold
 
 from giftcard_toolkit import GiftCardClient, audit, bulk, frames
 from giftcard_toolkit.ops import cases
@@ -23,28 +24,6 @@ STEP_PATHS = (
     "/Transaction/reload",
     "/Transaction/changestatus",
 )
-_taken: set[str] = set()
-
-
-def _unsold(server, count: int) -> list:
-    """Unsold cards of the first store (the clerk's too) that no other test here used."""
-    store = server.stores[0].id
-    cards = [
-        c
-        for c in server.card_stock
-        if not c.sold and c.store_id == store and c.number not in _taken
-    ][:count]
-    _taken.update(c.number for c in cards)
-    assert len(cards) == count
-    return cards
-
-
-def _sold(server, count: int, amount: str) -> list:
-    cards = _unsold(server, count)
-    with GiftCardClient(server.url, server.username, server.password) as gc:
-        for card in cards:
-            gc.sell(card, amount, card.store_id)
-    return cards
 
 
 def _row(op, card, amount="", reason="", *, new=None, host_ref="", pos_ref="", store=None):
@@ -68,16 +47,6 @@ def _write(path, rows, header=HEADER):
         writer.writerow(header)
         writer.writerows(rows)
     return path
-
-
-def _ledger_rows(server) -> int:
-    with server.ledger.read() as conn:
-        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
-
-
-def _balances(server, cards) -> list[Decimal]:
-    with GiftCardClient(server.url, server.username, server.password) as gc:
-        return [gc.balance(c).balance for c in cards]
 
 
 def _state(server, card) -> str:
@@ -109,8 +78,8 @@ def _no_card_in(text: str, cards) -> None:
 
 
 def test_a_file_mixing_cases_and_ordinary_rows_applies_each_exactly_once(server, tmp_path):
-    lost, stolen, charged, fixed = _sold(server, 4, "60.00")
-    onto_new, onto_active, plain = _unsold(server, 3)
+    lost, stolen, charged, fixed = sold(server, 4, "60.00", first_store=True)
+    onto_new, onto_active, plain = unsold(server, 3, first_store=True)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         gc.sell(onto_active, "10.00", onto_active.store_id)
         gc.change_status(stolen, False, "reported stolen")
@@ -130,18 +99,16 @@ def test_a_file_mixing_cases_and_ordinary_rows_applies_each_exactly_once(server,
     ]
     path = _write(tmp_path / "fixes.csv", rows)
     log = tmp_path / "audit.jsonl"
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         results = bulk.run(gc, path, concurrency=8, audit_log=log, progress=False)
     assert results["status"].to_list() == ["approved"] * 10, results["description"].to_list()
     assert results.schema == bulk.RESULT_SCHEMA
     cards = [lost, onto_new, charged, fixed, stolen, onto_active, plain]
-    assert _balances(server, cards) == [
-        Decimal(v) for v in ("0", "55", "40", "25", "0", "70", "20")
-    ]
+    assert balances(server, cards) == [Decimal(v) for v in ("0", "55", "40", "25", "0", "70", "20")]
     assert [_state(server, c) for c in (lost, stolen, onto_new)] == ["blocked"] * 2 + ["active"]
     # 1 sale, 2 redemptions, 1 reload; cases: 2 + 2 (take, give), 1 reversal, 3 adjustments.
-    assert _ledger_rows(server) == before + 12
+    assert ledger_rows(server) == before + 12
     by_line = {r["line"]: r for r in results.iter_rows(named=True)}
     assert by_line[4]["new_balance"] == Decimal("0.00"), "the row's card: emptied"
     assert "moved 50.00 onto card ************" + onto_new.number[-4:] in by_line[4]["description"]
@@ -172,7 +139,7 @@ def test_a_file_mixing_cases_and_ordinary_rows_applies_each_exactly_once(server,
     with GiftCardClient(server.url, server.username, server.password) as gc:
         again = bulk.run(gc, path, audit_log=log, progress=False)
     assert again["status"].to_list() == ["already applied"] * 10
-    assert _ledger_rows(server) == before + 12
+    assert ledger_rows(server) == before + 12
     # Without the journal (a colleague's copy of the file): the cases find themselves done
     # in the cards' histories, the adjustments and ordinary rows are answered as replays.
     journal.unlink()
@@ -187,10 +154,8 @@ def test_a_file_mixing_cases_and_ordinary_rows_applies_each_exactly_once(server,
             colleague, _write(tmp_path / "theirs.csv", [rows[2], rows[4]]), progress=False
         )
     assert theirs["status"].to_list() == ["already applied"] * 2, theirs["description"].to_list()
-    assert _ledger_rows(server) == before + 12
-    assert _balances(server, cards) == [
-        Decimal(v) for v in ("0", "55", "40", "25", "0", "70", "20")
-    ]
+    assert ledger_rows(server) == before + 12
+    assert balances(server, cards) == [Decimal(v) for v in ("0", "55", "40", "25", "0", "70", "20")]
 
 
 class LoseSecondStep(httpx.HTTPTransport):
@@ -212,9 +177,9 @@ class LoseSecondStep(httpx.HTTPTransport):
 
 
 def test_a_case_whose_answer_was_lost_is_an_error_and_the_next_run_finishes_it(server, tmp_path):
-    (old,) = _sold(server, 1, "45.00")
-    (other,) = _sold(server, 1, "10.00")
-    new, later = _unsold(server, 2)
+    (old,) = sold(server, 1, "45.00", first_store=True)
+    (other,) = sold(server, 1, "10.00", first_store=True)
+    new, later = unsold(server, 2, first_store=True)
     rows = [
         _row("replace", old, reason="lost", new=new),  # 2: its give's answer is lost
         _row("reload", new, "5.00"),  # 3: must follow line 2
@@ -222,7 +187,7 @@ def test_a_case_whose_answer_was_lost_is_an_error_and_the_next_run_finishes_it(s
         _row("reload", other, "1.00"),  # 5: unrelated
     ]
     path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(
         server.url, server.username, server.password, transport=LoseSecondStep(), attempts=1
     ) as gc:
@@ -230,24 +195,24 @@ def test_a_case_whose_answer_was_lost_is_an_error_and_the_next_run_finishes_it(s
     assert first["status"].to_list() == ["error", "not sent", "not sent", "approved"]
     assert "may or may not have been applied" in first["description"][0]
     assert "line 2 (the same card) has an unknown outcome" in first["description"][1]
-    assert _balances(server, [old, new]) == [Decimal("0.00"), Decimal("45.00")], "the give landed"
+    assert balances(server, [old, new]) == [Decimal("0.00"), Decimal("45.00")], "the give landed"
     events = [json.loads(t) for t in (tmp_path / "fixes.csv.journal").read_text().splitlines()]
     assert [e["event"] for e in events if e["line"] == 2] == ["sending"], "not journalled done"
     with GiftCardClient(server.url, server.username, server.password) as gc:
         second = bulk.run(gc, path, progress=False)
     assert second["status"].to_list() == ["approved", "approved", "approved", "already applied"]
-    assert _balances(server, [old, new, later]) == [Decimal(0), Decimal(0), Decimal("50.00")]
+    assert balances(server, [old, new, later]) == [Decimal(0), Decimal(0), Decimal("50.00")]
     assert [_state(server, c) for c in (old, new, later)] == ["blocked", "blocked", "active"]
-    assert _ledger_rows(server) == before + 1 + 2 + 1 + 2, "each step once"
+    assert ledger_rows(server) == before + 1 + 2 + 1 + 2, "each step once"
     case_id = _case_id(second["description"][0])
     assert _marked(server, case_id) == [f"case {case_id} give", f"case {case_id} take"]
 
 
 def test_a_replace_the_new_card_refuses_is_declined_and_the_money_put_back(server, tmp_path):
-    (old,) = _sold(server, 1, "100.00")
-    (full,) = _sold(server, 1, "500.00")
-    (large,) = _sold(server, 1, "500.00")
-    (spare,) = _unsold(server, 1)
+    (old,) = sold(server, 1, "100.00", first_store=True)
+    (full,) = sold(server, 1, "500.00", first_store=True)
+    (large,) = sold(server, 1, "500.00", first_store=True)
+    (spare,) = unsold(server, 1, first_store=True)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         for _ in range(3):
             gc.reload(full, "500.00", full.store_id)  # 2,000.00: the most a card may hold
@@ -257,32 +222,32 @@ def test_a_replace_the_new_card_refuses_is_declined_and_the_money_put_back(serve
         _row("replace", large, reason="lost", new=spare),  # moved in two loads
     ]
     path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         results = bulk.run(gc, path, progress=False)
     assert results["status"].to_list() == ["declined", "approved"]
     assert results["statuscode"][0] == "100012"
     assert "put back" in results["description"][0]
-    assert _balances(server, [old, full, large, spare]) == [
+    assert balances(server, [old, full, large, spare]) == [
         Decimal("100.00"),
         Decimal("2000.00"),
         Decimal("0.00"),
         Decimal("800.00"),
     ]
     assert _state(server, old) == "active" and _state(server, spare) == "active"
-    assert _ledger_rows(server) == before + 2 + 3, "take and undo; take and two gives"
+    assert ledger_rows(server) == before + 2 + 3, "take and undo; take and two gives"
     with GiftCardClient(server.url, server.username, server.password) as gc:
         again = bulk.run(gc, path, progress=False)
     assert again["status"].to_list() == ["declined", "already applied"], "journalled"
-    assert _ledger_rows(server) == before + 5
+    assert ledger_rows(server) == before + 5
 
 
 # ------------------------------------------------------------------ the file
 
 
 def test_bad_case_rows_are_named_with_the_rest_and_nothing_is_sent(server, tmp_path):
-    card, other = _sold(server, 2, "20.00")
-    (new,) = _unsold(server, 1)
+    card, other = sold(server, 2, "20.00", first_store=True)
+    (new,) = unsold(server, 1, first_store=True)
     sci = f"{int(new.number[:7]) / 10**6:.5f}E+15"
     rows = [
         _row("replace", card, reason="lost"),  # 2: no new card
@@ -302,7 +267,7 @@ def test_bad_case_rows_are_named_with_the_rest_and_nothing_is_sent(server, tmp_p
         _row("replace", card, reason="x", new=new, store="store-1"),  # 16
     ]
     path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with (
         GiftCardClient(server.url, server.username, server.password) as gc,
         pytest.raises(bulk.BulkFileError) as refused,
@@ -324,13 +289,13 @@ def test_bad_case_rows_are_named_with_the_rest_and_nothing_is_sent(server, tmp_p
     assert "host_ref holds a card number" in said[13]
     assert "at most 2 decimals" in said[14]
     assert "store_id must be the store's GUID" in said[16]
-    assert _ledger_rows(server) == before, "nothing was sent"
+    assert ledger_rows(server) == before, "nothing was sent"
     assert not (tmp_path / "fixes.csv.journal").exists()
     _no_card_in(str(refused.value), [card, other, new])
 
 
 def test_case_columns_are_optional_in_the_header(server, tmp_path):
-    (card,) = _sold(server, 1, "20.00")
+    (card,) = sold(server, 1, "20.00", first_store=True)
     ordinary = _write(
         tmp_path / "old-style.csv",
         [_row("adjust", card, "-5.00", "too much")[:7], _row("balance", card)[:7]],
@@ -383,7 +348,7 @@ def test_signed_amounts_that_are_refused(text, why):
 
 
 def test_replace_rows_join_the_chains_of_both_cards(server, tmp_path):
-    a, b, c, d, e = _unsold(server, 5)
+    a, b, c, d, e = unsold(server, 5, first_store=True)
     rows = [
         _row("sell", c, "5", store=c.store_id),
         _row("replace", a, reason="x", new=b),
@@ -402,10 +367,10 @@ def test_replace_rows_join_the_chains_of_both_cards(server, tmp_path):
 
 
 def test_dry_run_predicts_case_rows_and_the_run_meets_it(server, tmp_path):
-    lost, charged, fixed, other = _sold(server, 4, "60.00")
-    (large,) = _sold(server, 1, "500.00")
-    (full,) = _sold(server, 1, "500.00")
-    new, spare = _unsold(server, 2)
+    lost, charged, fixed, other = sold(server, 4, "60.00", first_store=True)
+    (large,) = sold(server, 1, "500.00", first_store=True)
+    (full,) = sold(server, 1, "500.00", first_store=True)
+    new, spare = unsold(server, 2, first_store=True)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         gc.reload(large, "300.00", large.store_id)  # 800.00
         for _ in range(3):
@@ -426,10 +391,10 @@ def test_dry_run_predicts_case_rows_and_the_run_meets_it(server, tmp_path):
         _row("replace", new, reason="again", new=lost),  # 12: onto a blocked card
     ]
     path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         dry = bulk.run(gc, path, dry_run=True, progress=False)
-    assert _ledger_rows(server) == before, "a dry run changes nothing"
+    assert ledger_rows(server) == before, "a dry run changes nothing"
     assert not (tmp_path / "fixes.csv.journal").exists()
     OK, D, DONE = "checked", "would be declined", "already applied"
     assert dry["status"].to_list() == [OK, D, OK, OK, OK, DONE, D, OK, D, D, D]
@@ -457,7 +422,7 @@ def test_dry_run_predicts_case_rows_and_the_run_meets_it(server, tmp_path):
     assert results["status"].to_list() == [as_run[s] for s in dry["status"]], results[
         "description"
     ].to_list()
-    assert _balances(server, [large, charged, lost, new, fixed, full, spare]) == [
+    assert balances(server, [large, charged, lost, new, fixed, full, spare]) == [
         Decimal(v) for v in ("0", "60", "0", "65", "50", "2000", "800")
     ]
     # A dry run after the run, without the journal: the cases are found done.
@@ -470,7 +435,7 @@ def test_dry_run_predicts_case_rows_and_the_run_meets_it(server, tmp_path):
 def test_cases_called_as_bulk_calls_them_keep_step_keys_short(server):
     """An adjust row passes its own key (bulk-<40 hex>, 45 characters) to the case, whose
     step keys must stay within the contract's 64."""
-    (card,) = _sold(server, 1, "10.00")
+    (card,) = sold(server, 1, "10.00", first_store=True)
     key = "bulk-" + "f" * 40
     seen = []
 

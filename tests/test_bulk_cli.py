@@ -7,22 +7,10 @@ import csv
 from decimal import Decimal
 
 import pytest
+from bulkkit import ledger_rows, unsold
 
 from giftcard_toolkit import GiftCardClient, bulk
 from giftcard_toolkit.cli import main
-
-_taken: set[str] = set()
-
-
-def _unsold(server, count: int) -> list:
-    cards = [c for c in server.card_stock if not c.sold and c.number not in _taken][:count]
-    _taken.update(c.number for c in cards)
-    return cards
-
-
-def _ledger_rows(server) -> int:
-    with server.ledger.read() as conn:
-        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
 
 
 @pytest.fixture
@@ -56,7 +44,7 @@ def _no_card_data(text: str, cards) -> None:
 def test_a_run_exits_non_zero_on_a_decline_and_writes_its_results_beside_the_file(
     env, tmp_path, capsys
 ):
-    a, b = _unsold(env, 2)
+    a, b = unsold(env, 2)
     path = _write(
         tmp_path / "fixes.csv",
         [
@@ -66,12 +54,12 @@ def test_a_run_exits_non_zero_on_a_decline_and_writes_its_results_beside_the_fil
         ],
         separator=";",
     )
-    before = _ledger_rows(env)
+    before = ledger_rows(env)
     assert main(["bulk", str(path), "--dry-run"]) == 1, "a decline is predicted"
     out = capsys.readouterr().out
     assert "dry run of 3 row(s): 2 would be applied, 1 would be declined" in out
     assert f"line 3: redeem {a.masked}: would be declined 100005" in out
-    assert _ledger_rows(env) == before
+    assert ledger_rows(env) == before
     assert not (tmp_path / "fixes.csv.journal").exists()
     assert [r["status"] for r in _read(tmp_path / "fixes.dry-run.csv")] == [
         "checked",
@@ -92,7 +80,7 @@ def test_a_run_exits_non_zero_on_a_decline_and_writes_its_results_beside_the_fil
     ]
     assert rows[0]["card"] == a.masked and rows[0]["new_balance"] == "25.00"
     assert list(rows[0]) == list(bulk.RESULT_SCHEMA)
-    assert _ledger_rows(env) == before + 2
+    assert ledger_rows(env) == before + 2
 
     assert main(["bulk", str(path)]) == 1, "the declined row is still declined"
     assert "0 applied now, 2 already applied before, 1 declined" in capsys.readouterr().out
@@ -101,13 +89,13 @@ def test_a_run_exits_non_zero_on_a_decline_and_writes_its_results_beside_the_fil
         "declined",
         "already applied",
     ]
-    assert _ledger_rows(env) == before + 2
+    assert ledger_rows(env) == before + 2
     for name in ("fixes.results.csv", "fixes.dry-run.csv", "fixes.csv.journal"):
         _no_card_data((tmp_path / name).read_text("utf-8-sig"), (a, b))
 
 
 def test_a_clean_run_exits_zero_with_its_own_journal_and_audit_log(env, tmp_path, capsys):
-    (a,) = _unsold(env, 1)
+    (a,) = unsold(env, 1)
     path = _write(
         tmp_path / "fixes.txt",
         [["sell", a.number, a.security_code, "$12.50", a.store_id, "", ""]],
@@ -127,16 +115,16 @@ def test_a_clean_run_exits_zero_with_its_own_journal_and_audit_log(env, tmp_path
 
 
 def test_a_file_that_cannot_run_exits_2_and_sends_nothing(env, tmp_path, capsys):
-    cards = _unsold(env, 3)
+    cards = unsold(env, 3)
     rows = [["sell", c.number, c.security_code, "1,000", c.store_id, "", ""] for c in cards * 10]
     path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(env)
+    before = ledger_rows(env)
     assert main(["bulk", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"{path}: 30 problem(s); nothing was sent:\n  line 2: amount '1,000'")
     assert "... and 10 more; every one is listed in" in err
     assert len(_read(tmp_path / "fixes.errors.csv")) == 30
-    assert _ledger_rows(env) == before
+    assert ledger_rows(env) == before
     assert not (tmp_path / "fixes.results.csv").exists()
     _no_card_data(err + (tmp_path / "fixes.errors.csv").read_text("utf-8-sig"), cards)
 

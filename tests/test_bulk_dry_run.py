@@ -3,43 +3,14 @@ outcome names, the summary under the progress bar, rows held back or not sent.""
 
 from __future__ import annotations
 
-import csv
 import json
 from decimal import Decimal
 
 import httpx
 import pytest
+from bulkkit import ledger_rows, sold, unsold, write
 
 from giftcard_toolkit import GiftCardClient, bulk, errors
-
-_taken: set[str] = set()
-
-
-def _unsold(server, count: int) -> list:
-    cards = [c for c in server.card_stock if not c.sold and c.number not in _taken][:count]
-    _taken.update(c.number for c in cards)
-    return cards
-
-
-def _sold(server, count: int, amount: str = "10") -> list:
-    cards = _unsold(server, count)
-    with GiftCardClient(server.url, server.username, server.password) as gc:
-        for card in cards:
-            gc.sell(card, amount, card.store_id)
-    return cards
-
-
-def _write(path, rows):
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(bulk.COLUMNS)
-        writer.writerows(rows)
-    return path
-
-
-def _ledger_rows(server) -> int:
-    with server.ledger.read() as conn:
-        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
 
 
 def _row(op, card, amount="", store="", reason=""):
@@ -47,7 +18,7 @@ def _row(op, card, amount="", store="", reason=""):
 
 
 def test_dry_run_predicts_each_decline_the_run_meets_and_changes_nothing(server, tmp_path):
-    a, never_sold, elsewhere = _unsold(server, 3)
+    a, never_sold, elsewhere = unsold(server, 3)
     mine, other = server.stores[0].id, server.stores[1].id  # clerk: the first store only
     rows = [
         _row("sell", a, "500.00", mine),  # 2
@@ -68,11 +39,11 @@ def test_dry_run_predicts_each_decline_the_run_meets_and_changes_nothing(server,
         _row("unblock", a, reason="again"),  # 17: active already
         _row("balance", never_sold),  # 18
     ]
-    path = _write(tmp_path / "fixes.csv", rows)
-    before = _ledger_rows(server)
+    path = write(tmp_path / "fixes.csv", rows)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, "clerk", "clerk-password") as gc:
         dry = bulk.run(gc, path, dry_run=True, progress=False)
-        assert _ledger_rows(server) == before, "a dry run changes nothing"
+        assert ledger_rows(server) == before, "a dry run changes nothing"
         assert not (tmp_path / "fixes.csv.journal").exists()
         assert [gc.balance(c).balance for c in (a, never_sold)] == [Decimal(0)] * 2
         results = bulk.run(gc, path, progress=False)
@@ -116,9 +87,9 @@ class AddToVerify(httpx.HTTPTransport):
 
 
 def test_dry_run_applies_the_users_own_limit_from_verify(server, tmp_path):
-    a, b = _unsold(server, 2)
+    a, b = unsold(server, 2)
     store = server.stores[0].id
-    path = _write(
+    path = write(
         tmp_path / "fixes.csv",
         [
             _row("sell", a, "50.00", store),
@@ -141,7 +112,7 @@ def test_dry_run_applies_the_users_own_limit_from_verify(server, tmp_path):
     ]
     # A read-only user: every change would be declined; a balance check would not.
     analyst = AddToVerify(role="analyst", maxamount=None)
-    path = _write(tmp_path / "read.csv", [_row("sell", b, "5", store), _row("balance", b)])
+    path = write(tmp_path / "read.csv", [_row("sell", b, "5", store), _row("balance", b)])
     with GiftCardClient(server.url, server.username, server.password, transport=analyst) as gc:
         dry = bulk.run(gc, path, dry_run=True, progress=False)
     assert dry.select("status", "statuscode").rows() == [
@@ -169,14 +140,14 @@ class LoseAnswers(httpx.HTTPTransport):
 def test_summary_under_the_bar_names_every_outcome_and_rows_wait_on_unknown_ones(
     server, tmp_path, capsys
 ):
-    a, b, c = _sold(server, 3)
+    a, b, c = sold(server, 3)
     rows = [
         _row("reload", a, "3.00", a.store_id),  # its answer is lost
         _row("reload", b, "3.00", b.store_id),
         _row("redeem", a, "1.00", a.store_id),  # must follow line 2: not sent
         _row("redeem", c, "999.00", c.store_id),  # declined
     ]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     lossy = LoseAnswers(1)
     with GiftCardClient(
         server.url, server.username, server.password, transport=lossy, attempts=1
@@ -228,9 +199,9 @@ class Unreachable(httpx.HTTPTransport):
 
 
 def test_a_run_that_cannot_reach_the_server_stops_sending(server, tmp_path):
-    cards = _sold(server, 4)
+    cards = sold(server, 4)
     rows = [_row("reload", c, "3.00", c.store_id) for c in cards]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     with GiftCardClient(
         server.url, server.username, server.password, transport=Unreachable(), attempts=1
     ) as gc:
@@ -245,8 +216,8 @@ def test_a_run_that_cannot_reach_the_server_stops_sending(server, tmp_path):
 
 
 def test_wrong_credentials_are_refused_before_anything_is_journalled(server, tmp_path):
-    (card,) = _sold(server, 1)
-    path = _write(tmp_path / "fixes.csv", [_row("reload", card, "3.00", card.store_id)])
+    (card,) = sold(server, 1)
+    path = write(tmp_path / "fixes.csv", [_row("reload", card, "3.00", card.store_id)])
     with (
         GiftCardClient(server.url, server.username, "not-the-password") as gc,
         pytest.raises(errors.AuthenticationError),
@@ -256,9 +227,9 @@ def test_wrong_credentials_are_refused_before_anything_is_journalled(server, tmp
 
 
 def test_a_dry_run_after_a_run_reads_the_journal_and_never_writes_it(server, tmp_path):
-    a, b = _sold(server, 2)
+    a, b = sold(server, 2)
     rows = [_row("redeem", a, "4.00", a.store_id), _row("redeem", b, "40.00", b.store_id)]
-    path = _write(tmp_path / "fixes.csv", rows)
+    path = write(tmp_path / "fixes.csv", rows)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         bulk.run(gc, path, progress=False)
         journal = (tmp_path / "fixes.csv.journal").read_bytes()
@@ -270,8 +241,8 @@ def test_a_dry_run_after_a_run_reads_the_journal_and_never_writes_it(server, tmp
 
 
 def test_result_statuses_are_the_documented_ones(server, tmp_path):
-    (card,) = _sold(server, 1)
-    path = _write(tmp_path / "fixes.csv", [_row("balance", card)])
+    (card,) = sold(server, 1)
+    path = write(tmp_path / "fixes.csv", [_row("balance", card)])
     with GiftCardClient(server.url, server.username, server.password) as gc:
         results = bulk.run(gc, path, progress=False)
         again = bulk.run(gc, path, progress=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from bulkkit import ledger_rows
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -65,11 +66,6 @@ def _fill(name: str, server, tmp_path: Path) -> tuple[Path, dict[str, DemoCard]]
     return path, cards
 
 
-def _ledger_rows(server) -> int:
-    with server.ledger.read() as conn:
-        return int(conn.execute("SELECT count(*) FROM ledger").fetchone()[0])
-
-
 def _stored_reasons(server) -> set[str]:
     with server.ledger.read() as conn:
         return {r[0] for r in conn.execute("SELECT reason FROM status_changes")}
@@ -114,7 +110,7 @@ def test_every_corpus_file_has_its_expected_outcome():
 def test_corpus_file(name, server, tmp_path):
     spec = CORPUS[name]
     path, cards = _fill(name, server, tmp_path)
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with GiftCardClient(server.url, server.username, server.password) as gc:
         if "problems" in spec:
             with pytest.raises(bulk.BulkFileError) as refused:
@@ -123,12 +119,12 @@ def test_corpus_file(name, server, tmp_path):
             assert [line for line, _ in got] == [line for line, _ in spec["problems"]]
             for (_, why), (_, words) in zip(got, spec["problems"], strict=True):
                 assert words in why
-            assert _ledger_rows(server) == before, "nothing was sent"
+            assert ledger_rows(server) == before, "nothing was sent"
             assert not (tmp_path / f"{name}.journal").exists()
             _assert_no_card_data(str(refused.value), cards.values())
             return
         dry = bulk.run(gc, path, dry_run=True, progress=False)
-        assert _ledger_rows(server) == before, "a dry run changes nothing"
+        assert ledger_rows(server) == before, "a dry run changes nothing"
         results = bulk.run(gc, path, progress=False)
         rerun = bulk.run(gc, path, progress=False)
         balances = {k: gc.balance(c).balance for k, c in cards.items()}
@@ -146,7 +142,7 @@ def test_corpus_file(name, server, tmp_path):
     moved = results.filter(
         (pl.col("status") == "approved") & (pl.col("operation").is_in(["sell", "reload", "redeem"]))
     )
-    assert _ledger_rows(server) == before + moved.height, "each applied row once, rerun included"
+    assert ledger_rows(server) == before + moved.height, "each applied row once, rerun included"
     assert rerun["status"].to_list() == [
         "already applied" if s == "approved" and op != "balance" else s
         for s, op in zip(spec["run"], results["operation"], strict=True)
@@ -258,7 +254,7 @@ def test_ten_thousand_bad_rows_give_a_short_message_and_the_full_list_in_a_file(
             writer.writerow(
                 ["reload", card.number, card.security_code, "abc", card.store_id, "", ""]
             )
-    before = _ledger_rows(server)
+    before = ledger_rows(server)
     with (
         GiftCardClient(server.url, server.username, server.password) as gc,
         pytest.raises(bulk.BulkFileError) as refused,
@@ -275,7 +271,7 @@ def test_ten_thousand_bad_rows_give_a_short_message_and_the_full_list_in_a_file(
         listed = list(csv.DictReader(handle))
     assert [int(r["line"]) for r in listed] == list(range(2, 10_002))
     assert all("amount 'abc' is not a number" in r["problem"] for r in listed)
-    assert _ledger_rows(server) == before
+    assert ledger_rows(server) == before
     _assert_no_card_data(message + refused.value.errors_file.read_text("utf-8-sig"), cards)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from serverkit import Pos, body
+from serverkit import Pos, body, books
 
 from giftcard_toolkit import GiftCardClient, errors, forms, frames
 from giftcard_toolkit.cli import main
@@ -23,25 +23,6 @@ from giftcard_toolkit.server.app import MAX_BODY
 from giftcard_toolkit.server.fields import MAX_DEPTH
 
 JSON = {"Content-Type": "application/json"}
-
-
-def books(srv: Any) -> tuple[Any, ...]:
-    """Everything a request could have applied: money, card states, batches, status
-    changes, tokens, security-code failures, idempotency records, stores."""
-    with srv.ledger.read() as conn:
-        return tuple(
-            tuple(tuple(row) for row in conn.execute(sql))
-            for sql in (
-                "SELECT count(*), coalesce(sum(amount_cents), 0), coalesce(max(id), 0) FROM ledger",
-                "SELECT id, state, balance_cents, locked_until FROM cards ORDER BY id",
-                "SELECT id, status, closed_at FROM batches ORDER BY id",
-                "SELECT count(*) FROM status_changes",
-                "SELECT count(*) FROM tokens",
-                "SELECT count(*) FROM code_failures",
-                "SELECT count(*) FROM idempotency",
-                "SELECT id, name, address FROM stores ORDER BY id",
-            )
-        )
 
 
 def refused(pos: Pos, method: str, path: str, content: bytes | str, status: int = 400) -> dict:

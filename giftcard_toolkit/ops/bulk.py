@@ -1229,18 +1229,7 @@ def _apply(
         if outcome.definite and fix.operation != "balance":
             book.add({"event": "done", **entry, "status": outcome.status}, durable=False)
         if log is not None:
-            log.record(
-                user=user,
-                operation=f"bulk {fix.operation}",
-                outcome=outcome.status,
-                card=fix.card,
-                amount=fix.amount,
-                store_id=fix.store_id,
-                host_ref=entry["host_ref"],
-                statuscode=entry["statuscode"],
-                description=entry["description"],
-                idempotency_key=fix.key,
-            )
+            _record_row(log, user, fix, entry, outcome.status)
         return entry, outcome.definite, outcome.error
 
     def chain(rows: list[Fix]) -> list[tuple[str, dict[str, Any]]]:
@@ -1414,19 +1403,25 @@ def _run_case(
         failure = failed
         entry = _case_entry(fix, ERROR, str(failed))
     if log is not None and steps.records == 0:  # no step was sent: the row is its record
-        log.record(
-            user=getattr(client, "username", "?"),
-            operation=f"bulk {fix.operation}",
-            outcome=APPROVED if entry["status"] == ALREADY_APPLIED else entry["status"],
-            card=fix.card,
-            amount=fix.amount,
-            store_id=fix.store_id,
-            host_ref=entry["host_ref"],
-            statuscode=entry["statuscode"],
-            description=entry["description"],
-            idempotency_key=fix.key,
-        )
+        outcome = APPROVED if entry["status"] == ALREADY_APPLIED else entry["status"]
+        _record_row(log, getattr(client, "username", "?"), fix, entry, outcome)
     return entry, failure
+
+
+def _record_row(log: AuditLog, user: str, fix: Fix, entry: dict[str, Any], outcome: str) -> None:
+    """A row's audit record: what it did and what came of it."""
+    log.record(
+        user=user,
+        operation=f"bulk {fix.operation}",
+        outcome=outcome,
+        card=fix.card,
+        amount=fix.amount,
+        store_id=fix.store_id,
+        host_ref=entry["host_ref"],
+        statuscode=entry["statuscode"],
+        description=entry["description"],
+        idempotency_key=fix.key,
+    )
 
 
 @dataclass

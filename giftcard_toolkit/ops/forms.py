@@ -16,6 +16,7 @@ is written to the audit log.
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -668,54 +669,24 @@ def card_form(
     return CardForm(client, audit_log=AuditLog.of(audit_log), stores=stores)
 
 
-def _form(
-    operation: str,
-    client: Any,
-    audit_log: str | Path | AuditLog | None,
-    stores: list[models.Store] | None,
-) -> OperationForm:
-    log = AuditLog.of(audit_log)
-    return OperationForm(client, operation, audit_log=log, stores=stores)
+def _factory(operation: str) -> Callable[..., OperationForm]:
+    def make(
+        client: Any,
+        audit_log: str | Path | AuditLog | None = None,
+        stores: list[models.Store] | None = None,
+    ) -> OperationForm:
+        return OperationForm(client, operation, audit_log=AuditLog.of(audit_log), stores=stores)
+
+    make.__name__ = make.__qualname__ = f"{operation}_form"
+    make.__doc__ = f"The {TITLES[operation]} form on its own (the console has them all)."
+    return make
 
 
-def balance_form(
-    client: Any,
-    audit_log: str | Path | AuditLog | None = None,
-    stores: list[models.Store] | None = None,
-) -> OperationForm:
-    return _form("balance", client, audit_log, stores)
-
-
-def sell_form(
-    client: Any,
-    audit_log: str | Path | AuditLog | None = None,
-    stores: list[models.Store] | None = None,
-) -> OperationForm:
-    return _form("sell", client, audit_log, stores)
-
-
-def reload_form(
-    client: Any,
-    audit_log: str | Path | AuditLog | None = None,
-    stores: list[models.Store] | None = None,
-) -> OperationForm:
-    return _form("reload", client, audit_log, stores)
-
-
-def redeem_form(
-    client: Any,
-    audit_log: str | Path | AuditLog | None = None,
-    stores: list[models.Store] | None = None,
-) -> OperationForm:
-    return _form("redeem", client, audit_log, stores)
-
-
-def status_form(
-    client: Any,
-    audit_log: str | Path | AuditLog | None = None,
-    stores: list[models.Store] | None = None,
-) -> OperationForm:
-    return _form("status", client, audit_log, stores)
+balance_form = _factory("balance")
+sell_form = _factory("sell")
+reload_form = _factory("reload")
+redeem_form = _factory("redeem")
+status_form = _factory("status")
 
 
 def ops_console(
