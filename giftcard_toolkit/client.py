@@ -163,6 +163,8 @@ class _Core:
         ).digest()
         self._tokens: dict[str, models.Token] = {}
         self._wrong_codes: dict[str, errors.WrongSecurityCode] = {}
+        # The last verify() answer: who these credentials are, their role and own limit.
+        self.verification: models.Verification | None = None
 
     @property
     def base_url(self) -> str:
@@ -267,7 +269,9 @@ class _Core:
         return (yield _protocol.health(self._settings))
 
     def _verify_flow(self) -> Flow[models.Verification]:
-        return (yield _protocol.verify(self._settings))
+        verification: models.Verification = yield _protocol.verify(self._settings)
+        self.verification = verification
+        return verification
 
     def _tokenize_flow(self, card: Card) -> Flow[models.Token]:
         if not isinstance(card, Card) or not card.security_code:

@@ -15,6 +15,8 @@
     ├── IdempotencyConflict       409: a request with this Idempotency-Key is in flight
     ├── IdempotencyMismatch       422: the Idempotency-Key was used for another request
     ├── ServerError               5xx, and the 999999 system error
+    ├── ApprovalRequired          above the signed-in user's own limit, and no approver
+    │                             given: nothing was sent (.amount, .limit)
     └── Declined                  the server answered, and said no (.statuscode, .body)
         ├── CardNotFound          100001
         ├── CardInactive          100002
@@ -26,11 +28,12 @@
         ├── WrongSecurityCode     100008
         ├── EncryptedDataUnreadable 100009
         ├── StoreNotGranted       100010
-        ├── OverLimit             100012
+        ├── OverLimit             100012 (the server's limits, or the user's own)
         ├── BatchTotalsMismatch   100013 (.transaction_count, .net_amount: the server's)
         ├── CardLocked            100014
         ├── StatusUnchanged       100015
-        └── NoOpenBatch           100016
+        ├── NoOpenBatch           100016
+        └── NotPermitted          100017: the user's role may only read
 
 Messages say what was wrong and what to do. None ever holds a full card number, a
 security code or a token: cards appear masked to their last four digits.
@@ -199,7 +202,10 @@ class StoreNotGranted(Declined):
 
 
 class OverLimit(Declined):
-    advice = "at most 500.00 per sale or reload and 2,000.00 on a card (server defaults)"
+    advice = (
+        "at most 500.00 per sale or reload and 2,000.00 on a card (server defaults), and "
+        "a user's own limit where it has one: above that, a user allowed more must approve"
+    )
 
 
 class BatchTotalsMismatch(Declined):
@@ -231,6 +237,20 @@ class NoOpenBatch(Declined):
     advice = "the store has no open batch with transactions to close"
 
 
+class NotPermitted(Declined):
+    advice = "nothing was changed: sign in as a user whose role may do this (a clerk)"
+
+
+class ApprovalRequired(GiftCardError):
+    """An amount above the signed-in user's own limit, with no approver to send it: nothing
+    was sent. Pass an approver (a client signed in as a user allowed the amount)."""
+
+    def __init__(self, message: str, *, amount: Decimal, limit: Decimal) -> None:
+        super().__init__(message)
+        self.amount = amount
+        self.limit = limit
+
+
 DECLINES: dict[str, type[Declined]] = {
     "100001": CardNotFound,
     "100002": CardInactive,
@@ -247,4 +267,5 @@ DECLINES: dict[str, type[Declined]] = {
     "100014": CardLocked,
     "100015": StatusUnchanged,
     "100016": NoOpenBatch,
+    "100017": NotPermitted,
 }

@@ -82,6 +82,9 @@ class Store:
     name: str = ""
     address: str = ""
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Where it trades (ISO 3166, e.g. "US-NY"), for unclaimed-property rules; "" when the
+    # server does not say (an added field: older servers send none).
+    jurisdiction: str = field(default="", compare=False)
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Store:
@@ -90,21 +93,58 @@ class Store:
             str(f.require("franchiseeid")).lower(),
             str(f.get("storename", "")),
             str(f.get("storeaddress", "")),
-            f.extra(),
+            jurisdiction=str(f.get("jurisdiction", "")).strip().upper(),
+            extra=f.extra(),
         )
+
+
+def _limit(value: Any) -> Decimal | None:
+    """A user's limit as the server sent it; None when absent or not a positive amount
+    (the server still enforces its own word on each request)."""
+    if (
+        value is None
+        or isinstance(value, bool)
+        or not isinstance(value, int | float | str | Decimal)
+    ):
+        return None
+    try:
+        limit = Decimal(str(value))
+    except ArithmeticError:
+        return None
+    return limit if limit.is_finite() and limit > 0 else None
 
 
 @dataclass(frozen=True)
 class Verification:
+    """Who the credentials are and what they may do. ``role`` (``clerk`` or ``analyst``:
+    read only) and ``max_amount`` (the user's own limit per sale, reload or redemption)
+    are None when the server does not say (the production server may not): then the
+    server's answers to each request are the only word on what is allowed."""
+
     username: str
     stores: tuple[Store, ...]
+    role: str | None = None
+    max_amount: Decimal | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the server said this user may only read (role ``analyst``)."""
+        return self.role == "analyst"
 
     @classmethod
     def parse(cls, body: Mapping[str, Any]) -> Verification:
         f = Fields(body)
         stores = tuple(Store.parse(s) for s in f.get("stores", []))
-        return cls(str(f.get("username", "")), stores, _rest(f))
+        role = f.get("role")
+        limit = _limit(f.get("maxamount"))
+        return cls(
+            str(f.get("username", "")),
+            stores,
+            None if role is None else str(role).lower(),
+            limit,
+            _rest(f),
+        )
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,20 @@ class MovableClock:
         self.now += timedelta(**delta)
 
 
+class Seconds:
+    """A monotonic clock in seconds that the test moves (for the throttle and the
+    credential cache)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def body(response: httpx.Response) -> dict[str, Any]:
     """A response body with money as Decimal, as a careful client reads it."""
     parsed: dict[str, Any] = json.loads(response.text, parse_float=Decimal)

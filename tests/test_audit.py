@@ -113,3 +113,42 @@ def test_scrub_masks_card_numbers_and_leaves_store_ids_alone():
     store = "8981649d-1234-5678-9012-123456789012"  # 12+ digits in a row between dashes
     text = f"store {store}: card 6006491234567897, again as 6006 4912 3456 7897"
     assert scrub(text) == (f"store {store}: card ************7897, again as ************7897")
+
+
+def test_records_name_the_person_and_the_approver(tmp_path):
+    log = audit.AuditLog(tmp_path / "audit.jsonl")
+    log.record(user="till", operation="sell", outcome="approved", amount="50.00")
+    log.record(
+        user="till", approved_by="supervisor", operation="sell", outcome="approved", amount="150"
+    )
+    frame = audit.read(log.path)
+    assert frame["user"].to_list() == ["till", "till"]
+    assert frame["approved_by"].to_list() == [None, "supervisor"]
+
+
+def test_a_log_written_before_approvals_and_cases_reads_back(tmp_path):
+    """Old lines have no ``approved_by`` (nor ``case_id``): read back with them empty."""
+    path = tmp_path / "audit.jsonl"
+    old = {
+        "at": "2026-09-30T12:00:00+00:00",
+        "user": "ops",
+        "operation": "reload",
+        "card": "************" + NUMBER[-4:],
+        "card_ref": None,
+        "amount": "5.00",
+        "store_id": "s-1",
+        "host_ref": "17",
+        "outcome": "approved",
+        "statuscode": "000000",
+        "description": "Success",
+        "idempotency_key": "k-9",
+    }
+    path.write_text(json.dumps(old) + "\n")
+    audit.AuditLog(path).record(
+        user="ops", approved_by="lead", operation="sell", outcome="approved"
+    )
+    frame = audit.read(path)
+    assert frame.schema == audit.AUDIT_SCHEMA
+    assert frame["approved_by"].to_list() == [None, "lead"]
+    assert frame["case_id"].to_list() == [None, None]
+    assert frame["amount"][0] == Decimal("5.00") and frame["host_ref"][0] == "17"

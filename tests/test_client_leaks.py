@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import inspect
 import logging
+from decimal import Decimal
 
 import httpx
 import pytest
 
 from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, Token, errors
-from giftcard_toolkit.server import running
+from giftcard_toolkit.ops import cases
+from giftcard_toolkit.ops.signin import SignInFailed, sign_in
+from giftcard_toolkit.server import hash_password, running
 
 
 class LoseOnce(httpx.HTTPTransport):
@@ -111,3 +115,37 @@ async def test_every_operation_at_debug_leaks_nothing(kind, caplog):
         finally:
             await do(gc.close() if kind == "sync" else gc.aclose())
     assert_nothing_leaks(card, token.token, shown, caplog)
+
+
+def test_a_password_never_shows_in_logs_errors_or_reprs(caplog):
+    """Signing in, a wrong password, an analyst's refusal and an approval: the passwords
+    (and the Basic header that carries them) appear nowhere the client shows or logs."""
+    shown: list[str] = []
+    with running() as srv, caplog.at_level(logging.DEBUG):
+        store = srv.stores[0].id
+        srv.ledger.put_user("till", hash_password("till-secret-pw"), [store], max_amount=Decimal(5))
+        card = next(c for c in srv.card_stock if not c.sold and c.store_id == store)
+        with pytest.raises(SignInFailed) as wrong:
+            sign_in(srv.url, "till", "wrong-secret-pw")
+        shown += [str(wrong.value), repr(wrong.value), repr(wrong.value.body)]
+        with (
+            sign_in(srv.url, "till", "till-secret-pw") as till,
+            sign_in(srv.url, "demo", srv.password) as lead,
+            sign_in(srv.url, "analyst", "analyst-password") as reader,
+        ):
+            shown += [repr(till), repr(till.verification), repr(till._settings)]
+            with pytest.raises(errors.NotPermitted) as refused:
+                reader.sell(card, 10, store)
+            shown += [str(refused.value), repr(refused.value)]
+            lead.sell(card, 10, store)
+            done = cases.adjust(till, card, "-8", store, "overcharge", approver=lead)
+            shown += [repr(done), str(done)]
+            with pytest.raises(errors.ApprovalRequired) as unapproved:
+                cases.adjust(till, card, "-6", store, "overcharge")
+            shown.append(str(unapproved.value))
+    text = "\n".join(shown + [r.getMessage() for r in caplog.records])
+    assert any(r.name == "giftcard_toolkit" for r in caplog.records), "the client logged"
+    for name, password in (("till", "till-secret-pw"), ("demo", srv.password)):
+        assert password not in text
+        assert base64.b64encode(f"{name}:{password}".encode()).decode() not in text
+    assert "wrong-secret-pw" not in text and "analyst-password" not in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from decimal import Decimal
 
 from serverkit import Pos, body
@@ -108,6 +109,31 @@ def test_a_key_in_flight_is_refused_with_409(srv, pos):
     assert response.status_code == 409
     assert response.json()["status"] == 409
     assert pos.balance(token) == 30
+
+
+def test_a_keyed_write_that_fails_leaves_its_key_free_for_the_retry(srv, pos, monkeypatch):
+    """The key is reserved and the request applied in one transaction: a write that fails
+    half-way (the redeem applied, then the database failing) keeps neither, so the retry
+    under the same key is applied, once."""
+    _, token = pos.sold_card("30")
+    request = {"cardtoken": token, "amount": 5, "FranchiseeID": srv.stores[0].id}
+    key = {"Idempotency-Key": "fails-once"}
+    redeem = srv.ledger.redeem
+
+    def failing(*args, **kwargs):
+        redeem(*args, **kwargs)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(srv.ledger, "redeem", failing)
+    assert pos.send("POST", "/Transaction/radeem", request, headers=key).status_code == 503
+    monkeypatch.undo()
+    assert pos.balance(token) == 30, "nothing applied"
+    retried = pos.send("POST", "/Transaction/radeem", request, headers=key)
+    assert retried.status_code == 200 and body(retried)["statuscode"] == "000000"
+    assert "idempotent-replayed" not in retried.headers
+    assert pos.balance(token) == 25
+    again = pos.send("POST", "/Transaction/radeem", request, headers=key)
+    assert again.headers["idempotent-replayed"] == "true" and pos.balance(token) == 25
 
 
 def test_keys_are_per_user_and_endpoint(srv, pos):

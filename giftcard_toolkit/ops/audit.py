@@ -2,11 +2,13 @@
 polars frame.
 
 Ops' forms and bulk runs write here (issue 5 builds them); anyone can read it back with
-:func:`read`. A record holds when, who, what, which card (masked, and its ``cardref`` when
-known), how much, where, the server's ``hostRef``, the outcome and status code, and the
-``Idempotency-Key`` that makes a retry safe. Never a full card number or security code:
-cards are masked on the way in, and every text field is scrubbed of anything that looks
-like a card number as a last line of defence.
+:func:`read`. A record holds when, who (``user``: the person signed in, and
+``approved_by``: the supervisor whose approval sent it, when it was above the user's own
+limit), what, which card (masked, and its ``cardref`` when known), how much, where, the
+server's ``hostRef``, the outcome and status code, and the ``Idempotency-Key`` that makes a
+retry safe. Never a full card number, security code or password: cards are masked on the
+way in, and every text field is scrubbed of anything that looks like a card number as a
+last line of defence. Logs written before a column existed read back with it empty.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ OUTCOMES = ("approved", "partial", "declined", "rejected", "error")
 _AUDIT_COLUMNS: dict[str, Any] = {
     "at": TIME,
     "user": pl.String,
+    "approved_by": pl.String,  # the approver, when the amount was above the user's limit
     "operation": pl.String,
     "card": pl.String,
     "card_ref": pl.String,
@@ -85,6 +88,7 @@ class AuditLog:
         description: str | None = None,
         idempotency_key: str | None = None,
         case_id: str | None = None,
+        approved_by: str | None = None,
         at: datetime | None = None,
     ) -> dict[str, Any]:
         """Append one record; answers it as written (money as an exact decimal string)."""
@@ -95,6 +99,7 @@ class AuditLog:
         entry: dict[str, Any] = {
             "at": (at or datetime.now(UTC)).astimezone(UTC).isoformat(),
             "user": user,
+            "approved_by": approved_by,
             "operation": operation,
             "card": _card_text(card),
             "card_ref": card_ref,

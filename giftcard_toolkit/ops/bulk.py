@@ -122,6 +122,7 @@ from giftcard_toolkit.cards import (
     security_code_problem,
 )
 from giftcard_toolkit.ops import cases, operations
+from giftcard_toolkit.ops.approval import Approval, verification_of
 from giftcard_toolkit.ops.audit import AuditLog, scrub
 from giftcard_toolkit.rules import GUID, GUID_EXAMPLE, is_money_amount
 
@@ -853,6 +854,8 @@ class _Journal:
                 ) from None
             if entry.get("event") == "sending":
                 self.sent[key] = entry
+            elif entry.get("event") == "unsent":  # refused before anything was sent
+                self.sent.pop(key, None)
             else:  # "done" (or a journal from before events were written)
                 self.done[key] = entry
 
@@ -1097,6 +1100,7 @@ def run(
     dry_run: bool = False,
     audit_log: str | Path | AuditLog | None = None,
     progress: bool = True,
+    approver: Any = None,
 ) -> pl.DataFrame:
     """Apply every row of ``path`` through ``client`` (a ``GiftCardClient``); one result
     row per input row, in file order (statuses: see the module docstring;
@@ -1110,6 +1114,13 @@ def run(
 
     ``dry_run=True`` changes nothing anywhere (the journal is read, never written): it
     checks every card and predicts every row, as the module docstring says.
+
+    ``approver`` (a client signed in as another user) sends the rows above the signed-in
+    user's own limit (``verify().max_amount``), and the steps of card cases above it; the
+    audit log names it (``approved_by``). Without one, a file with such rows is refused
+    before anything is sent (:class:`~giftcard_toolkit.errors.ApprovalRequired`). A row
+    whose answer was lost is sent again under the same user as before (the journal says
+    which), so that it is answered, never applied twice.
     """
     path = Path(path)
     needs_code = getattr(client, "_cipher", None) is None
@@ -1118,9 +1129,11 @@ def run(
     fixes = _keep_journalled_keys(book, fixes)
     _check_unchanged(book, fixes)
     log = _open_log(audit_log)
+    approval = Approval(client, approver)
     # Credentials first: a wrong password must not leave rows of "unknown" outcome.
     verification: models.Verification = client.verify()
     settled = {f.key: _from_journal(f, e) for f in fixes if (e := book.settled(f)) is not None}
+    senders = {} if dry_run else _senders(approval, fixes, book, settled)
     with tqdm(
         total=len(fixes),
         initial=len(settled),
@@ -1130,15 +1143,82 @@ def run(
     ) as shown:
         try:
             if dry_run:
-                rows = _predict(client, fixes, book, settled, verification, concurrency, log, shown)
+                theirs = None if approver is None else verification_of(approver)
+                rows = _predict(
+                    client, fixes, book, settled, verification, concurrency, log, shown, theirs
+                )
             else:
-                rows = _apply(client, fixes, book, settled, concurrency, log, shown)
+                rows = _apply(
+                    client, fixes, book, settled, concurrency, log, shown, senders, approver
+                )
         finally:
             book.close()
     results = _frame(rows)
     if progress:
         print(summary(results, dry_run=dry_run), flush=True)
     return results
+
+
+def _senders(
+    approval: Approval, fixes: list[Fix], book: _Journal, settled: dict[str, dict[str, Any]]
+) -> dict[str, tuple[Any, str | None]]:
+    """(client, approver's name) of each sale, reload and redemption row to send: the
+    approver above the user's own limit; a row sent before, whoever sent it then (its
+    key is that user's on the server). Raises, before anything is sent, when a row needs
+    an approver that is not there."""
+    client, approver = approval.client, approval.approver
+    by_name = {client.username: client}
+    if approver is not None:
+        by_name[approver.username] = approver
+    senders: dict[str, tuple[Any, str | None]] = {}
+    needing: list[Fix] = []
+    sent_by: list[tuple[Fix, str]] = []
+    unknown = book.unknown()
+    for fix in fixes:
+        if fix.key in settled or fix.operation not in MONEY_OPERATIONS:
+            continue
+        before = unknown.get(fix.key, {}).get("sent_as")
+        if before is not None:
+            if before not in by_name:
+                sent_by.append((fix, before))
+                continue
+            sender = by_name[before]
+            senders[fix.key] = (sender, None if sender is client else before)
+        elif approval.needed(fix.operation, fix.amount):
+            if approver is None:
+                needing.append(fix)
+                continue
+            senders[fix.key] = (approver, approver.username)
+        else:
+            senders[fix.key] = (client, None)
+    if sent_by:
+        lines = ", ".join(f"{fix.line} (by {name!r})" for fix, name in sent_by[:LISTED_PROBLEMS])
+        raise errors.ApprovalRequired(
+            f"line(s) {lines} were sent by an earlier run under an approver's sign-in and "
+            "their outcome is unknown: run the file again with approver= signed in as that "
+            "user, so that they are answered, never applied twice; nothing was sent",
+            amount=max(f.amount or Decimal(0) for f, _ in sent_by),
+            limit=approval.limit or Decimal(0),
+        )
+    if needing:
+        limit = approval.limit or Decimal(0)
+        lines = ", ".join(
+            f"{f.line} ({f.operation} {_money(f.amount or Decimal(0))})"
+            for f in needing[:LISTED_PROBLEMS]
+        )
+        more = (
+            f" and {len(needing) - LISTED_PROBLEMS:,} more"
+            if len(needing) > LISTED_PROBLEMS
+            else ""
+        )
+        raise errors.ApprovalRequired(
+            f"line(s) {lines}{more} are over user {client.username!r}'s own limit of "
+            f"{_money(limit)} per sale, reload or redemption, so they need approval: pass "
+            "approver= a client signed in as a user allowed those amounts; nothing was sent",
+            amount=max(f.amount or Decimal(0) for f in needing),
+            limit=limit,
+        )
+    return senders
 
 
 class _Bar:
@@ -1200,6 +1280,8 @@ def _apply(
     concurrency: int,
     log: AuditLog | None,
     shown: Any,
+    senders: dict[str, tuple[Any, str | None]],
+    approver: Any = None,
 ) -> list[dict[str, Any]]:
     user = getattr(client, "username", "?")
     bar = _Bar(shown)
@@ -1208,6 +1290,7 @@ def _apply(
 
     def attempt(fix: Fix) -> tuple[dict[str, Any], bool, BaseException | None]:
         """(the result row, whether its outcome is definite, the failure if any)."""
+        sender, approved_by = senders.get(fix.key, (client, None))
         if fix.operation != "balance":
             book.add(
                 {
@@ -1217,33 +1300,37 @@ def _apply(
                     "card": fix.card.masked,
                     "amount": None if fix.amount is None else str(fix.amount),
                     "idempotency_key": fix.key,
+                    "sent_as": sender.username,
                 }
             )
         if fix.operation in CASE_OPERATIONS:  # the case records its own steps
-            entry, failure = _run_case(client, fix, log)
-            if entry["status"] != ERROR:
+            entry, failure = _run_case(client, fix, log, approver)
+            if isinstance(failure, errors.ApprovalRequired):  # nothing was sent
+                book.add({"event": "unsent", "idempotency_key": fix.key}, durable=False)
+            elif entry["status"] != ERROR:
                 book.add({"event": "done", **entry}, durable=False)
-            return entry, entry["status"] != ERROR, failure
-        outcome = operations.apply(client, fix.as_operation())
+            return entry, entry["status"] not in (ERROR, NOT_SENT), failure
+        outcome = operations.apply(sender, fix.as_operation())
         entry = _result(fix, outcome)
         if outcome.definite and fix.operation != "balance":
             book.add({"event": "done", **entry, "status": outcome.status}, durable=False)
         if log is not None:
-            _record_row(log, user, fix, entry, outcome.status)
+            _record_row(log, user, fix, entry, outcome.status, approved_by)
         return entry, outcome.definite, outcome.error
 
     def chain(rows: list[Fix]) -> list[tuple[str, dict[str, Any]]]:
         """A chain's rows, in file order; after a row of unknown outcome, the later rows
         of its card(s) wait (a replace row's: both cards')."""
         out: list[tuple[str, dict[str, Any]]] = []
-        waiting: dict[str, tuple[int, tuple[str, ...]]] = {}  # card -> (line, its cards)
+        # card -> (the line it waits for, that line's cards, why it waits)
+        waiting: dict[str, tuple[int, tuple[str, ...], str]] = {}
         for fix in rows:
             cards = _cards_of(fix)
             held = next((waiting[c] for c in cards if c in waiting), None)
             if stop.is_set():
                 entry = _not_sent(fix, halted[0] if halted else "the run was stopped")
             elif held is not None:
-                line, of = held
+                line, of, why = held
                 which = (
                     "the same card"
                     if fix.card.number in of
@@ -1251,10 +1338,10 @@ def _apply(
                 )
                 entry = _not_sent(
                     fix,
-                    f"not sent: line {line} ({which}) has an unknown outcome, and this row "
-                    "must follow it; run the file again",
+                    f"not sent: line {line} ({which}) {why}, and this row must follow it; "
+                    "run the file again",
                 )
-                waiting.update(dict.fromkeys(cards, (line, (*of, *cards))))
+                waiting.update(dict.fromkeys(cards, (line, (*of, *cards), why)))
             else:
                 try:
                     entry, definite, failure = attempt(fix)
@@ -1262,7 +1349,12 @@ def _apply(
                     stop.set()
                     raise
                 if not definite and fix.operation != "balance":
-                    waiting.update(dict.fromkeys(cards, (fix.line, cards)))
+                    why = (
+                        "was not sent: it needs approval"
+                        if entry["status"] == NOT_SENT
+                        else "has an unknown outcome"
+                    )
+                    waiting.update(dict.fromkeys(cards, (fix.line, cards, why)))
                 if isinstance(failure, errors.ConnectError | errors.AuthenticationError):
                     halted.append(
                         f"not sent: the run stopped sending at line {fix.line} "
@@ -1365,7 +1457,7 @@ def _case_done(
 
 
 def _run_case(
-    client: Any, fix: Fix, log: AuditLog | None
+    client: Any, fix: Fix, log: AuditLog | None, approver: Any = None
 ) -> tuple[dict[str, Any], BaseException | None]:
     """A card-case row through :mod:`cases` (which records each step it sends in the audit
     log); its result row, and the failure if any. Never raises for what the server or the
@@ -1377,14 +1469,29 @@ def _run_case(
     try:
         if fix.operation == "replace":
             assert fix.new_card is not None
-            done = cases.replace(client, fix.card, fix.new_card, store, reason, audit_log=steps)
+            done = cases.replace(
+                client,
+                fix.card,
+                fix.new_card,
+                store,
+                reason,
+                audit_log=steps,
+                approver=approver,
+            )
         elif fix.operation == "reverse":
             ref = fix.reversed_ref or ""
-            done = cases.reverse(client, fix.card, ref, store, reason, audit_log=steps)
+            done = cases.reverse(
+                client, fix.card, ref, store, reason, audit_log=steps, approver=approver
+            )
         else:  # adjust: the row's own key (two identical rows are two corrections)
             amount = fix.amount or Decimal(0)
-            done = cases.adjust(client, fix.card, amount, store, reason, fix.key, steps)
+            done = cases.adjust(
+                client, fix.card, amount, store, reason, fix.key, steps, approver=approver
+            )
         entry = _case_done(fix, done)
+    except errors.ApprovalRequired as refused:
+        failure = refused
+        entry = _case_entry(fix, NOT_SENT, str(refused))
     except cases.CaseIncomplete as stopped:
         failure = stopped
         entry = _case_entry(fix, ERROR, f"{stopped} (the next run of the file finishes it)")
@@ -1408,10 +1515,18 @@ def _run_case(
     return entry, failure
 
 
-def _record_row(log: AuditLog, user: str, fix: Fix, entry: dict[str, Any], outcome: str) -> None:
+def _record_row(
+    log: AuditLog,
+    user: str,
+    fix: Fix,
+    entry: dict[str, Any],
+    outcome: str,
+    approved_by: str | None = None,
+) -> None:
     """A row's audit record: what it did and what came of it."""
     log.record(
         user=user,
+        approved_by=approved_by,
         operation=f"bulk {fix.operation}",
         outcome=outcome,
         card=fix.card,
@@ -1441,21 +1556,6 @@ def _state_of(balance: models.Balance) -> _CardState:
     return _CardState(state, balance.balance, balance.expires_at)
 
 
-def _field(extra: dict[str, Any], name: str) -> Any:
-    return next((v for k, v in extra.items() if str(k).lower() == name), None)
-
-
-def _user_limit(verification: models.Verification) -> Decimal | None:
-    value = _field(verification.extra, "maxamount")
-    if value is None or isinstance(value, bool) or value == "":
-        return None
-    try:
-        limit = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return limit if limit.is_finite() and limit > 0 else None
-
-
 def _money(amount: Decimal) -> str:
     return f"{amount:,.2f}"
 
@@ -1469,11 +1569,17 @@ class _Predictor:
     cards' states, rows applied in file order (a card case: as :mod:`cases` would run it,
     from the cards' states and histories)."""
 
-    def __init__(self, verification: models.Verification, user: str) -> None:
+    def __init__(
+        self,
+        verification: models.Verification,
+        user: str,
+        approver: models.Verification | None = None,
+    ) -> None:
         self.user = user
         self.stores = {s.id.lower() for s in verification.stores}
-        self.limit = _user_limit(verification)
-        self.read_only = str(_field(verification.extra, "role") or "").lower() == "analyst"
+        self.limit = verification.max_amount
+        self.read_only = verification.read_only
+        self.approver = approver  # who approves amounts above the user's own limit
         self.done_cases: set[str] = set()  # replace cases an earlier row would complete
         self.reversed: set[str] = set()  # hostRefs an earlier row would reverse
 
@@ -1530,9 +1636,19 @@ class _Predictor:
                     f"limit of {_money(SERVER_MAX_BALANCE)} per card"
                 )
         if self.limit is not None and amount > self.limit:
-            return "100012", (
+            over = (
                 f"{_money(amount)} is over user {self.user!r}'s own limit of {_money(self.limit)}"
             )
+            theirs = self.approver
+            if theirs is None:
+                return "100012", f"{over}: the run needs approver= a user allowed it"
+            if theirs.read_only:
+                return "100017", f"{over}, and the approver {theirs.username!r} may only read"
+            if theirs.max_amount is not None and amount > theirs.max_amount:
+                return "100012", (
+                    f"{over}, and over the approver {theirs.username!r}'s own limit of "
+                    f"{_money(theirs.max_amount)}"
+                )
         if op == "redeem" and amount > card.balance:
             return "100005", (
                 f"the card would hold {_money(card.balance)} by then, less than {_money(amount)}"
@@ -1717,6 +1833,7 @@ def _predict(
     concurrency: int,
     log: AuditLog | None,
     shown: Any,
+    approver: models.Verification | None = None,
 ) -> list[dict[str, Any]]:
     user = getattr(client, "username", "?")
     todo = [f for f in fixes if f.key not in settled]
@@ -1758,7 +1875,7 @@ def _predict(
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         checked = dict(_gather([pool.submit(check, i) for i in cards], stop))
 
-    predictor = _Predictor(verification, user)
+    predictor = _Predictor(verification, user, approver)
     states: dict[str, _CardState] = {}
     balances: dict[str, models.Balance] = {}
     for (number, _), found in checked.items():

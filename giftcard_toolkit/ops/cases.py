@@ -25,6 +25,13 @@ How a case stays exact:
   reversal undoes itself).
 
 Every step is written to the audit log with the case id (``audit.read(log, case_id=...)``).
+
+Approval: a case that moves more than the signed-in user's own limit (``verify().max_amount``)
+needs ``approver=``, a client signed in as a user allowed the amount; each step above the
+limit is sent under the approver (whose role and limit the server applies) and audited with
+``approved_by``. Without one, :class:`~giftcard_toolkit.errors.ApprovalRequired` is raised
+before anything is sent. A case stopped half-way is finished by running it again with the
+same approver (its steps are then answered or found, never applied twice).
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from giftcard_toolkit.analysis import frames
 from giftcard_toolkit.cards import Card
 from giftcard_toolkit.client import CardLike
 from giftcard_toolkit.ops import operations
+from giftcard_toolkit.ops.approval import Approval
 from giftcard_toolkit.ops.audit import AuditLog
 from giftcard_toolkit.rules import is_money_amount
 
@@ -181,9 +189,16 @@ class _Case:
     """A case's identity, its keyed and marked steps, and what they did."""
 
     def __init__(
-        self, client: Any, kind: str, identity: str, key: str | None, audit: AuditLog | None
+        self,
+        client: Any,
+        kind: str,
+        identity: str,
+        key: str | None,
+        audit: AuditLog | None,
+        approver: Any = None,
     ) -> None:
         self.client = client
+        self.approval = Approval(client, approver)
         self.kind = kind
         if key is not None and _SAFE_KEY.match(key):
             self.id = key
@@ -233,12 +248,13 @@ class _Case:
             pos_ref=self.marker(step) if name in operations.MONEY_OPERATIONS else None,
             key=self.key(step),
         )
+        sender, approved_by = self.approval.sender(name, amount)
         for attempt in range(CONFLICT_RETRIES):
-            outcome = operations.apply(self.client, op)
+            outcome = operations.apply(sender, op)
             if not isinstance(outcome.error, errors.IdempotencyConflict):
                 break
             time.sleep(0.1 * 2**attempt)  # the same step is in flight elsewhere: its answer
-        self._record(op, outcome, reason)
+        self._record(op, outcome, reason, approved_by)
         if outcome.status in ("approved", "partial"):
             moved = outcome.moved if name in operations.MONEY_OPERATIONS else None
             self.steps.append(
@@ -248,16 +264,24 @@ class _Case:
             raise CaseIncomplete(
                 f"{self.kind} case {self.id}: step {step!r} ({name} {op.masked}) "
                 f"may or may not have been applied ({outcome.description}); run the same "
-                "case again to finish it: nothing is applied twice",
+                "case again (with the same approver, if it had one) to finish it: nothing "
+                "is applied twice",
                 self.steps,
             )
         return outcome
 
-    def _record(self, op: operations.Operation, outcome: operations.Outcome, why: Any) -> None:
+    def _record(
+        self,
+        op: operations.Operation,
+        outcome: operations.Outcome,
+        why: Any,
+        approved_by: str | None,
+    ) -> None:
         if self.audit is None:
             return
         self.audit.record(
             user=getattr(self.client, "username", "?"),
+            approved_by=approved_by,
             operation=f"{self.kind} {op.name}",
             outcome=outcome.status,
             card=op.card if isinstance(op.card, Card) else None,
@@ -299,9 +323,11 @@ def replace(
     reason: str,
     key: str | None = None,
     audit_log: str | Path | AuditLog | None = None,
+    approver: Any = None,
 ) -> Replacement:
     """Move the whole balance of ``old`` onto ``new`` (a sale when ``new`` was never sold,
     a reload when it is active), then block ``old`` with a reason naming the new card.
+    ``approver``: see the module docstring (a balance above the user's own limit).
 
     Steps: (unblock ``old`` if it was blocked) → take (one redemption from ``old``) → give
     (a sale or reload of ``new``, in parts of at most ``MAX_LOAD``: ``give``, ``give-2``...)
@@ -317,7 +343,7 @@ def replace(
     identity = f"{before_old.card_ref or client.derived_key(_number(old))}>" + (
         before_new.card_ref or client.derived_key(_number(new))
     )
-    case = _Case(client, "replace", identity, key, AuditLog.of(audit_log))
+    case = _Case(client, "replace", identity, key, AuditLog.of(audit_log), approver)
     old_history, new_history = _histories(client, [before_old, before_new], None, None)
     took = case.found(old_history, case.marker("take"))
     undo = _Undo(case, old, new, store_id, why, old_history, new_history)
@@ -345,6 +371,7 @@ def replace(
     else:
         amount = Decimal(took["amount"])
         case.earlier("take", old, took)
+    case.approval.check(amount, f"replacing card {_masked(old)}")
     unblocked = False
     if took is None:
         if before_old.state == "blocked":
@@ -477,17 +504,19 @@ def reverse(
     reason: str,
     key: str | None = None,
     audit_log: str | Path | AuditLog | None = None,
+    approver: Any = None,
 ) -> Reversal:
     """Undo one transaction of ``card`` by its opposite (a redemption by a reload; a reload
     or a sale by a redemption of its amount). Once only, ever: a transaction reversed
-    before (by anybody using this toolkit) is refused, naming the reversal."""
+    before (by anybody using this toolkit) is refused, naming the reversal. ``approver``:
+    see the module docstring (an amount above the user's own limit)."""
     why = _reason(reason)
     store_id = _protocol.store_id(store)
     if not isinstance(host_ref, str) or not host_ref.strip():
         raise errors.InvalidInput("host_ref must be the hostRef of the transaction to reverse")
     host_ref = host_ref.strip()
     balance = client.balance(card)
-    case = _Case(client, "reverse", host_ref, key, AuditLog.of(audit_log))
+    case = _Case(client, "reverse", host_ref, key, AuditLog.of(audit_log), approver)
     (past,) = _histories(client, [balance], None, None)
     target = past.filter(pl.col("host_ref") == host_ref)
     if target.is_empty():
@@ -515,6 +544,7 @@ def reverse(
             f"reversing {tx['type']} {host_ref} takes {amount:.2f} off card {_masked(card)}, "
             f"which holds {balance.balance:.2f}; nothing was sent"
         )
+    case.approval.check(amount, f"reversing {tx['type']} {host_ref}")
     done = case.send(mark, name, card, amount=amount, store=store_id, reason=why)
     if done.status != "approved":
         raise case.fail(f"reversing {host_ref}: {done.description}; nothing moved")
@@ -562,10 +592,12 @@ def adjust(
     reason: str,
     key: str | None = None,
     audit_log: str | Path | AuditLog | None = None,
+    approver: Any = None,
 ) -> Adjustment:
     """A signed correction: plus loads the card (a reload), minus takes it off (a
     redemption, never below zero). Pass ``key`` to make a retry of the same correction safe;
-    without one each call is a new correction."""
+    without one each call is a new correction. ``approver``: see the module docstring (an
+    amount above the user's own limit; a retry must have the same approver)."""
     why = _reason(reason)
     value = _protocol.money(amount)
     if not is_money_amount(abs(value)):
@@ -573,7 +605,8 @@ def adjust(
             f"amount {value} must be a non-zero amount with at most 2 decimals, e.g. '-45.00'"
         )
     store_id = _protocol.store_id(store)
-    case = _Case(client, "adjust", uuid.uuid4().hex, key, AuditLog.of(audit_log))
+    case = _Case(client, "adjust", uuid.uuid4().hex, key, AuditLog.of(audit_log), approver)
+    case.approval.check(abs(value), f"adjusting card {_masked(card)} by {value:+,.2f}")
     name = "reload" if value > 0 else "redeem"
     done = case.send("adjust", name, card, amount=abs(value), store=store_id, reason=why)
     if done.status != "approved":

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import simplejson
 
@@ -58,7 +58,7 @@ from giftcard_toolkit.cards import (
     luhn_check_digit,
     mask,
 )
-from giftcard_toolkit.rules import is_money_amount
+from giftcard_toolkit.rules import JURISDICTION, JURISDICTION_EXAMPLE, is_money_amount
 
 Clock = Callable[[], datetime]
 Body = dict[str, Any]
@@ -80,7 +80,10 @@ IDEMPOTENCY_TTL = timedelta(hours=24)
 # A reservation older than this, or left by an earlier server process, is abandoned (its
 # request died before it could commit anything) and may be taken over by a retry.
 IDEMPOTENCY_STALE_AFTER = timedelta(seconds=60)
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "4"
+# What each role may do (contract: "Roles and limits"); an analyst may only read.
+ROLES = ("clerk", "analyst")
+WRITE_ROLES = frozenset({"clerk"})
 # Declines saying the request's card could not be read: no answer is kept for its key.
 UNRESOLVED_CARD = ("100007", "100009")
 
@@ -89,6 +92,14 @@ CENT = Decimal("0.01")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_jurisdiction(jurisdiction: str) -> None:
+    if jurisdiction and not JURISDICTION.match(jurisdiction):
+        raise ValueError(
+            f"jurisdiction {jurisdiction!r} is not an ISO 3166 code: give a country or a "
+            f"subdivision in capitals, e.g. {JURISDICTION_EXAMPLE} (or nothing)"
+        )
 
 
 def _ts(moment: datetime) -> str:
@@ -120,6 +131,17 @@ def amount_problem(amount: Decimal) -> bool:
     return not is_money_amount(amount)
 
 
+def check_user_limit(username: str, amount: Decimal, max_amount: Decimal | None) -> None:
+    """Decline (``100012``, naming the limit) a movement over the user's own limit."""
+    if max_amount is not None and amount > max_amount:
+        raise Decline(
+            "100012",
+            description=f"Over limit: {amount:,.2f} is over user {username}'s own limit of "
+            f"{max_amount:,.2f} per sale, reload or redemption; a user with a higher limit "
+            "must approve it",
+        )
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-movement and per-card limits (contract status ``100012``)."""
@@ -133,6 +155,26 @@ class Store:
     id: str
     name: str
     address: str
+    jurisdiction: str = ""  # where it trades (``rules.JURISDICTION``); "" when not set
+
+
+class UserRecord(NamedTuple):
+    """What authenticating a user needs: the password hash, the stores, the role, the limit."""
+
+    password_hash: str
+    stores: frozenset[str]
+    role: str = "clerk"
+    max_amount: Decimal | None = None  # the user's own limit per movement; None: none
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user as ``admin list-users`` shows it: never the password hash."""
+
+    username: str
+    role: str
+    stores: tuple[str, ...]
+    max_amount: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -209,6 +251,7 @@ DESCRIPTIONS = {
     "100014": "Too many wrong security codes: card locked for 15 minutes",
     "100015": "Card already in the requested status",
     "100016": "No open batch to close",
+    "100017": "Not permitted for this user's role",
     "999999": "System error",
 }
 
@@ -220,8 +263,13 @@ def decline_body(code: str, **extra: Any) -> Body:
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stores (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS users (username TEXT PRIMARY KEY, password_hash TEXT NOT NULL);
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, address TEXT NOT NULL DEFAULT '',
+    jurisdiction TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL DEFAULT 'clerk' CHECK (role IN ('clerk', 'analyst')),
+    max_amount_cents INTEGER CHECK (max_amount_cents > 0));
 CREATE TABLE IF NOT EXISTS grants (
     username TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
     store_id TEXT NOT NULL REFERENCES stores(id),
@@ -292,10 +340,23 @@ CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_at);
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made by an earlier version up to this schema."""
+    """Bring a database made by an earlier version up to this schema, one version at a time."""
     columns = {row[1] for row in conn.execute("PRAGMA table_info(idempotency)")}
-    if "sent_hash" in columns:
-        return
+    if "sent_hash" not in columns:
+        _migrate_to_2(conn)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(users)")}
+    if "role" not in columns:
+        _migrate_to_3(conn)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(stores)")}
+    if "jurisdiction" not in columns:
+        _migrate_to_4(conn)
+
+
+def _set_version(conn: sqlite3.Connection, version: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (version,))
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
     # Version 1 kept the compared body itself (a token in clear when it named no card);
     # version 2 keeps its digest, which for a resolved card is the digest of that text.
     conn.execute("BEGIN IMMEDIATE")
@@ -303,15 +364,41 @@ def _migrate(conn: sqlite3.Connection) -> None:
     for key, body in conn.execute("SELECT rowid, request_hash FROM idempotency").fetchall():
         digest = hashlib.sha256(str(body).encode()).hexdigest()
         conn.execute("UPDATE idempotency SET request_hash = ? WHERE rowid = ?", (digest, key))
-    conn.execute(
-        "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
-    )
+    _set_version(conn, "2")
     conn.execute("COMMIT")
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    # Version 3 gives each user a role and an optional limit of its own; the users there
+    # were keep what they could do: clerks without a limit of their own.
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "ALTER TABLE users ADD COLUMN role TEXT NOT NULL DEFAULT 'clerk' "
+        "CHECK (role IN ('clerk', 'analyst'))"
+    )
+    conn.execute(
+        "ALTER TABLE users ADD COLUMN max_amount_cents INTEGER CHECK (max_amount_cents > 0)"
+    )
+    _set_version(conn, "3")
+    conn.execute("COMMIT")
+
+
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    # Version 4 gives each store a jurisdiction (for unclaimed-property rules); the stores
+    # there were have none until an administrator sets it (``admin set-jurisdiction``).
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("ALTER TABLE stores ADD COLUMN jurisdiction TEXT NOT NULL DEFAULT ''")
+    _set_version(conn, "4")
+    conn.execute("COMMIT")
+
+
+# Made once: simplejson.dumps with options builds a new encoder at every call.
+_ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"))
 
 
 def dumps(body: Body) -> str:
     """JSON text of a response body, money as exact decimal numbers."""
-    return simplejson.dumps(body, use_decimal=True, separators=(",", ":"))
+    return _ENCODER.encode(body)
 
 
 class Ledger:
@@ -596,29 +683,64 @@ class Ledger:
 
     # ---------------------------------------------------------------- management
 
-    def add_store(self, name: str, address: str = "", store_id: str | None = None) -> Store:
-        store = Store(id=(store_id or str(uuid.uuid4())).lower(), name=name, address=address)
+    def add_store(
+        self, name: str, address: str = "", store_id: str | None = None, jurisdiction: str = ""
+    ) -> Store:
+        _check_jurisdiction(jurisdiction)
+        store = Store((store_id or str(uuid.uuid4())).lower(), name, address, jurisdiction)
         with self.write() as conn:
             conn.execute(
-                "INSERT INTO stores(id, name, address) VALUES (?, ?, ?)",
-                (store.id, store.name, store.address),
+                "INSERT INTO stores(id, name, address, jurisdiction) VALUES (?, ?, ?, ?)",
+                (store.id, store.name, store.address, store.jurisdiction),
             )
         return store
 
+    def set_jurisdiction(self, store_id: str, jurisdiction: str) -> Store:
+        """Say where a store trades (``""``: not set); answers the store as it now is."""
+        _check_jurisdiction(jurisdiction)
+        with self.write() as conn:
+            changed = conn.execute(
+                "UPDATE stores SET jurisdiction = ? WHERE id = ?", (jurisdiction, store_id)
+            ).rowcount
+        found = self.store(store_id)
+        if not changed or found is None:
+            raise ValueError(f"no store {store_id!r}: see 'admin stores'")
+        return found
+
     def stores(self) -> list[Store]:
-        rows = self._conn().execute("SELECT id, name, address FROM stores ORDER BY name, id")
-        return [Store(r["id"], r["name"], r["address"]) for r in rows]
+        rows = self._conn().execute(
+            "SELECT id, name, address, jurisdiction FROM stores ORDER BY name, id"
+        )
+        return [Store(r["id"], r["name"], r["address"], r["jurisdiction"]) for r in rows]
 
     def store(self, store_id: str) -> Store | None:
         row = (
             self._conn()
-            .execute("SELECT id, name, address FROM stores WHERE id = ?", (store_id,))
+            .execute("SELECT id, name, address, jurisdiction FROM stores WHERE id = ?", (store_id,))
             .fetchone()
         )
-        return None if row is None else Store(row["id"], row["name"], row["address"])
+        if row is None:
+            return None
+        return Store(row["id"], row["name"], row["address"], row["jurisdiction"])
 
-    def put_user(self, username: str, password_hash: str, store_ids: list[str]) -> None:
-        """Create or replace a user with these grants (the hash comes from ``auth``)."""
+    def put_user(
+        self,
+        username: str,
+        password_hash: str,
+        store_ids: list[str],
+        *,
+        role: str = "clerk",
+        max_amount: Decimal | None = None,
+    ) -> None:
+        """Create or replace a user with these grants, role and own limit per sale, reload
+        or redemption (``None``: only the server's limits); the hash comes from ``auth``."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}: the roles are {', '.join(ROLES)}")
+        if max_amount is not None and not is_money_amount(max_amount):
+            raise ValueError(
+                f"max amount {max_amount} must be a positive amount with at most 2 decimals"
+            )
+        limit_cents = None if max_amount is None else to_cents(max_amount)
         with self.write() as conn:
             for store_id in store_ids:
                 if (
@@ -627,9 +749,11 @@ class Ledger:
                 ):
                     raise ValueError(f"store {store_id} does not exist; add it first")
             conn.execute(
-                "INSERT INTO users(username, password_hash) VALUES (?, ?) ON CONFLICT(username) "
-                "DO UPDATE SET password_hash = excluded.password_hash",
-                (username, password_hash),
+                "INSERT INTO users(username, password_hash, role, max_amount_cents) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT(username) DO UPDATE SET "
+                "password_hash = excluded.password_hash, role = excluded.role, "
+                "max_amount_cents = excluded.max_amount_cents",
+                (username, password_hash, role, limit_cents),
             )
             conn.execute("DELETE FROM grants WHERE username = ?", (username,))
             conn.executemany(
@@ -637,16 +761,39 @@ class Ledger:
                 [(username, s) for s in store_ids],
             )
 
-    def user_record(self, username: str) -> tuple[str, frozenset[str]] | None:
-        """(password hash, granted store ids) of a user, or None."""
+    def user_record(self, username: str) -> UserRecord | None:
+        """(password hash, granted store ids, role, own limit) of a user, or None."""
         conn = self._conn()
         row = conn.execute(
-            "SELECT password_hash FROM users WHERE username = ?", (username,)
+            "SELECT password_hash, role, max_amount_cents FROM users WHERE username = ?",
+            (username,),
         ).fetchone()
         if row is None:
             return None
         grants = conn.execute("SELECT store_id FROM grants WHERE username = ?", (username,))
-        return row[0], frozenset(r[0] for r in grants)
+        limit = None if row[2] is None else from_cents(row[2])
+        return UserRecord(row[0], frozenset(r[0] for r in grants), row[1], limit)
+
+    def accounts(self) -> list[Account]:
+        """Every user, by name: role, granted stores and own limit (never a password hash)."""
+        with self.read() as conn:
+            grants: dict[str, list[str]] = {}
+            for name, store_id in conn.execute(
+                "SELECT username, store_id FROM grants ORDER BY username, store_id"
+            ):
+                grants.setdefault(name, []).append(store_id)
+            rows = conn.execute(
+                "SELECT username, role, max_amount_cents FROM users ORDER BY username"
+            ).fetchall()
+        return [
+            Account(
+                r[0],
+                r[1],
+                tuple(grants.get(r[0], ())),
+                None if r[2] is None else from_cents(r[2]),
+            )
+            for r in rows
+        ]
 
     def user_count(self) -> int:
         return int(self._conn().execute("SELECT count(*) FROM users").fetchone()[0])
@@ -758,15 +905,6 @@ class Ledger:
                 (owner, _ts(now), idem.username, idem.endpoint, idem.key),
             )
             return Reservation("new", owner=owner)
-
-    def release(self, idem: Idempotency, owner: str) -> None:
-        """Give a reservation up (its request failed without an answer worth storing)."""
-        with self.write() as conn:
-            conn.execute(
-                "DELETE FROM idempotency WHERE username = ? AND endpoint = ? AND key = ? "
-                "AND owner = ? AND state = 'pending'",
-                (idem.username, idem.endpoint, idem.key, owner),
-            )
 
     def _run(
         self,
@@ -1035,8 +1173,10 @@ class Ledger:
         sale: bool,
         idem: Idempotency | None = None,
         owner: str | None = None,
+        max_amount: Decimal | None = None,
     ) -> str:
-        """``sellnewcard`` (``sale=True``: activate a stock card) or ``reload``."""
+        """``sellnewcard`` (``sale=True``: activate a stock card) or ``reload``;
+        ``max_amount`` is the user's own limit (None: the server's limits only)."""
 
         def operation(conn: sqlite3.Connection, now: datetime) -> Body:
             if amount_problem(amount):
@@ -1057,6 +1197,7 @@ class Ledger:
             new_cents = card["balance_cents"] + cents
             if new_cents > max_balance_cents:
                 raise Decline("100012")
+            check_user_limit(username, amount, max_amount)
             host_ref = self._move(
                 conn,
                 card=card,
@@ -1094,8 +1235,10 @@ class Ledger:
         accept_partial: bool = False,
         idem: Idempotency | None = None,
         owner: str | None = None,
+        max_amount: Decimal | None = None,
     ) -> str:
-        """``radeem``: never below zero; the whole balance when partial approval is allowed."""
+        """``radeem``: never below zero; the whole balance when partial approval is allowed.
+        ``max_amount`` is the user's own limit on the amount asked (None: none)."""
 
         def operation(conn: sqlite3.Connection, now: datetime) -> Body:
             if amount_problem(amount):
@@ -1106,6 +1249,7 @@ class Ledger:
                 raise Decline("100002")
             if self._expired(card, now):
                 raise Decline("100003")
+            check_user_limit(username, amount, max_amount)
             previous = card["balance_cents"]
             code = "000000"
             if amount > from_cents(previous):

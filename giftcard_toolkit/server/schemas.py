@@ -113,12 +113,24 @@ class StoreInfo(_Open):
     franchiseeid: Guid
     storename: str
     storeaddress: str
+    jurisdiction: str = Field(
+        "",
+        description="Where the store trades, an ISO 3166 code such as US-NY (for "
+        "unclaimed-property rules); empty when not set. An added field: clients must cope "
+        "with a server that sends none",
+    )
 
 
 class Verification(_Open):
     statuscode: StatusCode
     description: str
     username: str
+    role: Literal["clerk", "analyst"] = Field(
+        description="clerk: every endpoint; analyst: read only (other calls: 100017)"
+    )
+    maxamount: Money | None = Field(
+        description="The user's own limit per sale, reload or redemption (null: none)"
+    )
     stores: list[StoreInfo]
 
 
