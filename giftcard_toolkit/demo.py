@@ -12,6 +12,7 @@ figures of :mod:`giftcard_toolkit.analysis.plots` put there (see
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -46,35 +47,151 @@ class Report:
     figures: list[Path]
     seconds: float
     alt_texts: list[str] = field(default_factory=list)  # one per figure, in order
+    title: str = ""  # the notebook's heading
+    summary: str = ""  # the first sentence of its introduction
 
 
-def run_notebook(source: Path, out: Path, timeout: int = 300) -> Report:
-    """Execute one notebook and write ``<name>.html`` and ``<name>-<n>.png`` into ``out``."""
+class CellFailed(RuntimeError):
+    """A cell of a notebook raised: which cell (its number among the code cells, as Jupyter
+    shows it), the start of its code, and the error. The report is written all the same."""
+
+    def __init__(self, notebook: str, cell: int, source: str, error: str, html: Path) -> None:
+        self.notebook, self.cell, self.source, self.error, self.html = (
+            notebook,
+            cell,
+            source,
+            error,
+            html,
+        )
+        code = "\n".join(f"    {line}" for line in source.splitlines()[:6])
+        super().__init__(
+            f"{notebook}: code cell {cell} failed with {error}\n{code}\n"
+            f"(the report up to that cell, error included, is in {html})"
+        )
+
+
+def run_notebook(
+    source: Path, out: Path, timeout: int = 300, parameters: dict[str, Any] | None = None
+) -> Report:
+    """Execute one notebook and write ``<name>.html`` and ``<name>-<n>.png`` into ``out``.
+
+    ``parameters`` go into a cell after the notebook's ``parameters`` cell (papermill's
+    convention); a failing cell raises :class:`CellFailed` once the report is written.
+    """
+    return asyncio.run(_run_notebooks([source], out, timeout, parameters))[0]
+
+
+async def _run_notebooks(
+    sources: list[Path], out: Path, timeout: int, parameters: dict[str, Any] | None = None
+) -> list[Report]:
+    """Run notebooks side by side (each in its own kernel), a few at a time."""
+    at_once = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+
+    async def one(source: Path) -> Report:
+        async with at_once:
+            return await _run_one(source, out, timeout, parameters)
+
+    # Every notebook runs to its end (and its kernel stops) before the first failure raises.
+    done = await asyncio.gather(*(one(source) for source in sources), return_exceptions=True)
+    for result in done:
+        if isinstance(result, BaseException):
+            raise result
+    return [r for r in done if isinstance(r, Report)]
+
+
+async def _run_one(
+    source: Path, out: Path, timeout: int, parameters: dict[str, Any] | None
+) -> Report:
     import nbformat
     from nbclient import NotebookClient
-    from nbconvert import HTMLExporter
+    from nbclient.exceptions import CellExecutionError
 
     started = time.perf_counter()
     notebook = nbformat.read(source, as_version=4)
-    NotebookClient(
-        notebook,
-        timeout=timeout,
-        kernel_name="python3",
-        store_widget_state=False,
-        extra_arguments=KERNEL_ARGUMENTS,
-        resources={"metadata": {"path": str(source.parent)}},
-    ).execute()
-    figures = _figures(notebook, source.stem, out)
+    if parameters:
+        from papermill.iorw import load_notebook_node
+        from papermill.parameterize import parameterize_notebook
+
+        # papermill's reader adds the metadata its parameterizer needs.
+        notebook = parameterize_notebook(
+            load_notebook_node(str(source)), parameters, kernel_name="python3"
+        )
+    failure: CellExecutionError | None = None
+    try:
+        await NotebookClient(
+            notebook,
+            timeout=timeout,
+            kernel_name="python3",
+            store_widget_state=False,
+            extra_arguments=KERNEL_ARGUMENTS,
+            resources={"metadata": {"path": str(source.parent)}},
+        ).async_execute()
+    except CellExecutionError as error:
+        failure = error
+    report = _write_report(notebook, source.stem, out, time.perf_counter() - started)
+    if failure is not None:
+        number, code = _failed_cell(notebook)
+        raise CellFailed(
+            source.name, number, code, f"{failure.ename}: {failure.evalue}", report.html
+        )
+    return report
+
+
+def _failed_cell(notebook: Any) -> tuple[int, str]:
+    """(the failing cell's number among the code cells, its code)."""
+    code_cells = [c for c in notebook.cells if c.cell_type == "code"]
+    for number, cell in enumerate(code_cells, start=1):
+        if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
+            return number, cell.source
+    return len(code_cells), ""
+
+
+def _write_report(notebook: Any, stem: str, out: Path, seconds: float) -> Report:
+    from nbconvert import HTMLExporter
+
+    figures = _figures(notebook, stem, out)
     html, _ = HTMLExporter().from_notebook_node(notebook)
-    page = out / f"{source.stem}.html"
-    page.write_text(_with_alt_texts(html, figures), encoding="utf-8")
+    page = out / f"{stem}.html"
+    page.write_text(_readable_offline(html, figures), encoding="utf-8")
+    title, summary = _title_and_summary(notebook, stem)
     return Report(
-        source.stem,
-        page,
-        [f.path for f in figures],
-        time.perf_counter() - started,
-        [f.alt for f in figures],
+        stem, page, [f.path for f in figures], seconds, [f.alt for f in figures], title, summary
     )
+
+
+def _title_and_summary(notebook: Any, stem: str) -> tuple[str, str]:
+    """The first markdown cell's heading and the first sentence after it."""
+    for cell in notebook.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = cell.source.strip().splitlines()
+        title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else stem
+        prose = " ".join(line.strip() for line in lines[1:] if line.strip())
+        sentence = re.split(r"(?<=[.!?:])\s", prose, maxsplit=1)[0] if prose else ""
+        return title, sentence
+    return stem, ""
+
+
+def write_index(reports: list[Report], out: Path, heading: str = "Reports") -> Path:
+    """``index.html`` in ``out``: a link to each report with its one-line summary."""
+    from html import escape
+
+    items = "\n".join(
+        f'<li><a href="{escape(r.html.name)}">{escape(r.title or r.notebook)}</a>'
+        f" — {escape(r.summary)} <small>({len(r.figures)} figure(s), {r.seconds:.1f} s)"
+        "</small></li>"
+        for r in reports
+    )
+    page = out / "index.html"
+    page.write_text(
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(heading)}</title>"
+        "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto;line-height:1.5}"
+        "li{margin:.5em 0}</style></head>\n"
+        f"<body><h1>{escape(heading)}</h1>\n<ul>\n{items}\n</ul></body></html>\n",
+        encoding="utf-8",
+    )
+    return page
 
 
 def _figures(notebook: Any, stem: str, out: Path) -> list[Figure]:
@@ -107,13 +224,18 @@ def _figures(notebook: Any, stem: str, out: Path) -> list[Figure]:
     return figures
 
 
-def _with_alt_texts(html: str, figures: list[Figure]) -> str:
+def _readable_offline(html: str, figures: list[Figure]) -> str:
     """``html`` with each figure's image described by its alt text (nbconvert leaves
-    "No description has been provided for this image" otherwise)."""
+    "No description has been provided for this image" otherwise), and without the scripts
+    nbconvert's template loads from a CDN (require.js, MathJax): the reports hold no
+    formulas and no live widgets, and must open whole on a machine with no internet."""
     from bs4 import BeautifulSoup  # nbconvert's own dependency, as its HTML exporter uses it
 
     by_data = {base64.b64encode(f.path.read_bytes()).decode(): f.alt for f in figures}
     soup = BeautifulSoup(html, features="html.parser")
+    for script in soup.select("script[src]"):
+        if str(script["src"]).startswith(("http://", "https://", "//")):
+            script.decompose()
     for image in soup.select("img"):
         source = str(image.get("src", ""))
         if source.startswith("data:image/png;base64,"):
@@ -165,7 +287,9 @@ def run(out: str | Path = "reports", notebooks: Path | None = None) -> list[Repo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.pop("GIFTCARD_URL", None)  # the demo runs on the embedded server
-    return [run_notebook(source, out) for source in sources]
+    reports = asyncio.run(_run_notebooks(sources, out, timeout=300))
+    write_index(reports, out, "giftcard_toolkit demo reports")
+    return reports
 
 
 def copy_notebooks(dest: str | Path, notebooks: Path | None = None) -> list[Path]:

@@ -38,6 +38,10 @@ class Session:
     def demo_cards(self) -> list[Any]:
         return list(self.server.card_stock) if self.server is not None else []
 
+    def store(self, name_or_id: str | None) -> Store | None:
+        """The store a notebook's ``store`` parameter names (its name or id; None: none)."""
+        return None if name_or_id is None else find_store(self.stores, name_or_id)
+
     def close(self) -> None:
         """Close the client and stop the embedded server, if any."""
         self._stack.close()
@@ -47,6 +51,23 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class UnknownStore(LookupError):
+    """A store name or id that is none of the stores the user may see."""
+
+
+def find_store(stores: list[Store], name_or_id: str) -> Store:
+    """The store of ``stores`` whose id, or name (in any case), is ``name_or_id``."""
+    wanted = " ".join(str(name_or_id).split()).casefold()
+    for store in stores:
+        if wanted in (store.id.casefold(), " ".join(store.name.split()).casefold()):
+            return store
+    names = ", ".join(repr(s.name or s.id) for s in stores) or "none"
+    raise UnknownStore(
+        f"no store {str(name_or_id)!r} among the stores this user may see ({names}); "
+        "give one of those names, or its id"
+    )
 
 
 def open_session(**client_options: Any) -> Session:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -47,3 +48,14 @@ def server(srv: RunningServer) -> RunningServer:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the quick-start test's own run (``./dev test`` in a fresh clone, started by the
+    suite in CI), the slow tests are left to the run that started it: they ran there."""
+    if os.environ.get("GIFTCARD_QUICKSTART_INNER") != "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run by the outer suite that started this quick start")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)

@@ -18,7 +18,7 @@ from giftcard_toolkit import GiftCardClient, frames
 from giftcard_toolkit.cli import main
 from giftcard_toolkit.server import Ledger, running
 from giftcard_toolkit.server.runner import server_process
-from giftcard_toolkit.server.seed import DEFAULT_AS_OF
+from giftcard_toolkit.server.seed import DEFAULT_AS_OF, HISTORY_DAYS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def test_serve_demo_with_no_as_of_anchors_to_today(tmp_path, monkeypatch):
     assert set(still_open["opened_at"].dt.date()) == {date(2027, 3, 15)}, "the open ones: today"
     assert txs["at"].max() <= now, "no trade after now"
     assert txs["at"].max() > now - timedelta(hours=6), "today's trade up to now is there"
-    assert txs["at"].min().date() == date(2027, 3, 15) - timedelta(days=89)
+    assert txs["at"].min().date() == date(2027, 3, 15) - timedelta(days=HISTORY_DAYS - 1)
 
 
 def test_running_keeps_the_fixed_anchor_of_the_notebooks_and_tests():

@@ -50,10 +50,11 @@ from giftcard_toolkit.server.fields import (
     query_date,
 )
 from giftcard_toolkit.server.ledger import (
+    WRITE_ROLES,
     CardRef,
     Idempotency,
-    IdempotencyLost,
     Ledger,
+    Reservation,
     WriterStopped,
     decline_body,
     dumps,
@@ -236,14 +237,17 @@ class _Boundary:
                 )
                 await send_with_id({"type": "http.response.body", "body": body})
         finally:
+            # Structured: the record's args are the named fields (for a JSON formatter).
             access_log.info(
-                "%s %s %s %.1fms user=%s cid=%s",
-                scope["method"],
-                path,
-                status,
-                (time.perf_counter() - started) * 1000,
-                context.user or "-",
-                cid,
+                "%(method)s %(path)s %(status)s %(ms).1fms user=%(user)s cid=%(cid)s",
+                {
+                    "method": scope["method"],
+                    "path": path,
+                    "status": status,
+                    "ms": (time.perf_counter() - started) * 1000,
+                    "user": context.user or "-",
+                    "cid": cid,
+                },
             )
             _context.reset(token)
 
@@ -311,6 +315,14 @@ def _refusal(exc: Unauthorized | Throttled) -> Response:
             headers={"Retry-After": str(exc.retry_after)},
         )
     return problem(401, "Unauthorized", exc.detail, headers={"WWW-Authenticate": REALM})
+
+
+def read_only(user: User) -> str:
+    """The ``100017`` description: what the user's role may do, in words."""
+    return (
+        f"Not permitted: user {user.username} has the role {user.role}, which may only read "
+        "(balance checks, tokens, batches); ask a clerk, or an administrator for that role"
+    )
 
 
 def _address(request: Request) -> str:
@@ -533,22 +545,38 @@ def create_app(
         fields: Fields,
         apply: Callable[[Idempotency | None, str | None], str],
     ) -> Response:
-        """Apply a money-moving request under its ``Idempotency-Key``, if it has one."""
+        """Apply a money-moving request under its ``Idempotency-Key``, if it has one.
+        A user whose role may only read is declined (``100017``) first: nothing applied,
+        no key kept."""
+        if user.role not in WRITE_ROLES:
+            return json_response(dumps(decline_body("100017", description=read_only(user))))
         key = idempotency_key(request.headers.get("idempotency-key"))
         if key is None:
             return json_response(await write(lambda: apply(None, None)))
         endpoint = f"{request.method} {request.url.path.lower()}"
-        card = ledger.card_identity(user.username, fields.card) if fields.card else None
         as_sent = fields.canonical_json()
-        idem = Idempotency(
-            user.username,
-            endpoint,
-            key,
-            request_hash=as_sent if card is None else fields.canonical_json(card),
-            sent_hash=as_sent,
-            resolved=card is not None or fields.card is None,
-        )
-        reservation = await write(lambda: ledger.reserve(idem))
+
+        def reserve_and_apply() -> tuple[Reservation, str | None]:
+            # One trip to the writer, one commit to wait for: the key is reserved and the
+            # request applied in the same transaction, or neither is. The card is looked up
+            # there too, off the event loop.
+            card = ledger.card_identity(user.username, fields.card) if fields.card else None
+            idem = Idempotency(
+                user.username,
+                endpoint,
+                key,
+                request_hash=as_sent if card is None else fields.canonical_json(card),
+                sent_hash=as_sent,
+                resolved=card is not None or fields.card is None,
+            )
+            reservation = ledger.reserve(idem)
+            if reservation.outcome != "new":
+                return reservation, None
+            return reservation, apply(idem, reservation.owner or "")
+
+        reservation, answer = await write(reserve_and_apply)
+        if answer is not None:
+            return json_response(answer)
         if reservation.outcome == "replay":
             return json_response(
                 reservation.response or "", headers={"Idempotent-Replayed": "true"}
@@ -565,24 +593,11 @@ def create_app(
                 "have been applied: check the card's balance or the store's open batch "
                 "before sending this one under a new key",
             )
-        if reservation.outcome == "in_flight":
-            return problem(
-                409,
-                "A request with this Idempotency-Key is in flight",
-                "wait for the first request to finish, then retry with the same key",
-            )
-        owner = reservation.owner or ""
-        try:
-            return json_response(await write(lambda: apply(idem, owner)))
-        except IdempotencyLost:
-            return problem(
-                409,
-                "A request with this Idempotency-Key is in flight",
-                "retry with the same key to get its answer",
-            )
-        except BaseException:
-            ledger.submit(lambda: ledger.release(idem, owner))  # no answer: free the key
-            raise
+        return problem(  # in_flight: reserved by a request not answered yet
+            409,
+            "A request with this Idempotency-Key is in flight",
+            "wait for the first request to finish, then retry with the same key",
+        )
 
     # ------------------------------------------------------------------ routes
     # Handlers are async and take the bare Request: FastAPI's dependency machinery costs
@@ -617,8 +632,15 @@ def create_app(
                     "statuscode": "000000",
                     "description": "Success",
                     "username": user.username,
+                    "role": user.role,
+                    "maxamount": user.max_amount,
                     "stores": [
-                        {"franchiseeid": s.id, "storename": s.name, "storeaddress": s.address}
+                        {
+                            "franchiseeid": s.id,
+                            "storename": s.name,
+                            "storeaddress": s.address,
+                            "jurisdiction": s.jurisdiction,
+                        }
                         for s in stores
                     ],
                 }
@@ -672,6 +694,7 @@ def create_app(
                 sale=sale,
                 idem=idem,
                 owner=owner,
+                max_amount=user.max_amount,
             ),
         )
 
@@ -718,6 +741,7 @@ def create_app(
                 accept_partial=partial,
                 idem=idem,
                 owner=owner,
+                max_amount=user.max_amount,
             ),
         )
 

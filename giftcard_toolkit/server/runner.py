@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import ipaddress
 import logging
 import os
@@ -31,8 +32,10 @@ from giftcard_toolkit.server.auth import Throttle
 from giftcard_toolkit.server.ledger import Clock, Ledger, Limits, Store, utc_now
 from giftcard_toolkit.server.seed import (
     DEFAULT_AS_OF,
+    DEMO,
     DemoCard,
     DemoData,
+    Shape,
     open_demo,
     write_card_stock,
 )
@@ -60,34 +63,76 @@ class RunningServer:
     app: FastAPI = field(repr=False)
 
 
-_templates: dict[tuple[int, date, str], Path] = {}
+_templates: dict[tuple[int, date, str, str], Path] = {}
 _templates_lock = threading.Lock()
-_template_dir: Path | None = None
+# The sources a seeded database depends on: a change to any makes a new template.
+_SEED_SOURCES = ("seed.py", "ledger.py", "auth.py", "schemas.py")
+_KEEP_TEMPLATES = 3
 
 
 def _demo_from_template(
-    path: Path, seed_number: int, as_of: date, tz: tzinfo, **options: object
+    path: Path, seed_number: int, as_of: date, tz: tzinfo, shape: Shape, **options: object
 ) -> tuple[Ledger, DemoData]:
-    """Open a fresh demo database at ``path``, copied from one seeded earlier in this process
-    (seeding takes a second or two; a test suite starts many servers)."""
-    global _template_dir
-    key = (seed_number, as_of, str(tz))
+    """Open a fresh demo database at ``path``, copied from one seeded earlier.
+
+    Seeding two years of trade takes seconds, and a test suite, the demo and every notebook
+    start servers of their own: the seeded database is kept as a template, in this process
+    and in the user's cache folder for the next ones (``GIFTCARD_CACHE_DIR``, else
+    ``~/.cache/giftcard_toolkit``; safe to delete at any time).
+    """
+    key = (seed_number, as_of, str(tz), repr(shape))
     with _templates_lock:
         template = _templates.get(key)
         if template is None:
-            if _template_dir is None:
-                _template_dir = scratch.folder("templates")
-            template = _template_dir / f"demo-{len(_templates)}.sqlite"
-            seeded, _ = open_demo(template, seed_number, as_of, tz=tz, durable=False)
-            seeded.close()
-            _templates[key] = template
+            template = _templates[key] = _template(seed_number, as_of, tz, shape)
     source, target = sqlite3.connect(template), sqlite3.connect(path)
     try:
         source.backup(target)
     finally:
         source.close()
         target.close()
-    return open_demo(path, seed_number, as_of, tz=tz, **options)
+    return open_demo(path, seed_number, as_of, shape, tz=tz, **options)
+
+
+def _template(seed_number: int, as_of: date, tz: tzinfo, shape: Shape) -> Path:
+    """The template for a seed, from the cache folder, seeded there first if missing."""
+    digest = hashlib.sha256(f"{seed_number}|{as_of}|{tz}|{shape!r}".encode())
+    here = Path(__file__).resolve().parent
+    for name in _SEED_SOURCES:
+        digest.update((here / name).read_bytes())
+    name = f"demo-{digest.hexdigest()[:16]}.sqlite"
+    folder = Path(
+        os.environ.get("GIFTCARD_CACHE_DIR") or Path.home() / ".cache" / "giftcard_toolkit"
+    )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / name).exists():
+            _seed_template(folder, name, seed_number, as_of, tz, shape)
+    except OSError:  # no writable cache folder: keep it for this process only
+        folder = scratch.folder("templates")
+        _seed_template(folder, name, seed_number, as_of, tz, shape)
+    return folder / name
+
+
+def _seed_template(
+    folder: Path, name: str, seed_number: int, as_of: date, tz: tzinfo, shape: Shape
+) -> None:
+    """Seed into a name of this process's own, then rename: a reader sees a whole template
+    or none, even with several processes seeding at once."""
+    partial = folder / f".{name}.{os.getpid()}"
+    try:
+        seeded, _ = open_demo(partial, seed_number, as_of, shape, tz=tz, durable=False)
+        seeded.close()
+        with sqlite3.connect(partial) as conn:  # one self-contained file
+            conn.execute("PRAGMA journal_mode=DELETE")
+        conn.close()
+        os.replace(partial, folder / name)
+    finally:
+        for leftover in (partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+            leftover.unlink(missing_ok=True)
+    older = sorted(folder.glob("demo-*.sqlite"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in older[_KEEP_TEMPLATES:]:
+        stale.unlink(missing_ok=True)
 
 
 class _ThreadedUvicorn:
@@ -134,6 +179,7 @@ def running(
     log_level: str = "warning",
     throttle: Throttle | None = None,
     max_body: int = MAX_BODY,
+    shape: Shape = DEMO,
 ) -> Iterator[RunningServer]:
     """Start a real server on a free 127.0.0.1 port; stop it when the block ends.
 
@@ -142,6 +188,7 @@ def running(
     an empty database with no users. ``clock`` drives token expiry, batches and card
     expiry, so tests move time instead of sleeping. ``throttle`` counts failed
     authentications (a short window for tests); ``max_body`` is the body limit in bytes.
+    ``shape`` seeds a chain of another size (``seed.chain(stores, days)``).
     """
     with scratch.scratch("server") as tmp:
         path = Path(db_path) if db_path else tmp / "giftcard.sqlite"
@@ -149,9 +196,9 @@ def running(
         demo: DemoData | None = None
         if seed == "demo":
             if db_path is None:
-                ledger, demo = _demo_from_template(path, seed_number, as_of, tz, **options)
+                ledger, demo = _demo_from_template(path, seed_number, as_of, tz, shape, **options)
             else:
-                ledger, demo = open_demo(path, seed_number, as_of, tz=tz, **options)
+                ledger, demo = open_demo(path, seed_number, as_of, shape, tz=tz, **options)
         elif seed is None:
             ledger = Ledger(path, clock=clock, tz=tz, limits=limits)
         else:
@@ -200,6 +247,7 @@ def serve(
     max_body: int = MAX_BODY,
     certfile: str | Path | None = None,
     keyfile: str | Path | None = None,
+    shape: Shape = DEMO,
 ) -> None:
     """Run the server in the foreground until interrupted (``giftcard-toolkit serve``).
 
@@ -223,17 +271,17 @@ def serve(
     cipher = None
     if os.environ.get("GIFTCARD_CARD_KEY"):
         cipher = AesGcmCardCipher.from_base64(os.environ["GIFTCARD_CARD_KEY"])
-    if seed == "demo":
+    if seed in ("demo", "chain"):
         if not _is_loopback(host):
             raise SystemExit(
                 "refusing to serve the demo (its passwords are public) on a non-loopback "
                 f"address {host}: use --host 127.0.0.1"
             )
-        path = Path(db or "giftcard-demo.sqlite")
-        ledger, demo = open_demo(path, seed_number, as_of, tz=zone, card_cipher=cipher)
+        path = Path(db or f"giftcard-{seed}.sqlite")
+        ledger, demo = open_demo(path, seed_number, as_of, shape, tz=zone, card_cipher=cipher)
         if card_stock:
             write_card_stock(demo.card_stock, card_stock)
-        print(f"demo data (seed {seed_number}, as of {demo.as_of}) in {path}")
+        print(f"demo data (seed {seed_number}, {shape}, as of {demo.as_of}) in {path}")
         for store in demo.stores:
             print(f"  store {store.id} {store.name!r}")
         for name, password in demo.users.items():
@@ -252,7 +300,7 @@ def serve(
                 path,
             )
     else:
-        raise SystemExit(f"unknown --seed {seed!r}: the only seed is 'demo'")
+        raise SystemExit(f"unknown --seed {seed!r}: the seeds are 'demo' and 'chain'")
     scheme = "https" if certfile else "http"
     if not certfile and not _is_loopback(host):
         log.warning(
@@ -308,6 +356,7 @@ def server_process(
     certfile: str | Path | None = None,
     keyfile: str | Path | None = None,
     max_body: int | None = None,
+    shape: Shape = DEMO,
 ) -> Iterator[ServerProcess]:
     """Run the server in its own process on a free loopback port, until the block ends.
 
@@ -328,7 +377,16 @@ def server_process(
         "--log-level",
         log_level,
     ]
-    if seed:
+    if seed and shape != DEMO:
+        command += [
+            "--seed",
+            "chain",
+            "--stores",
+            str(len(shape.stores)),
+            "--days",
+            str(shape.days),
+        ]
+    elif seed:
         command += ["--seed", seed]
     if card_stock:
         command += ["--card-stock", str(card_stock)]

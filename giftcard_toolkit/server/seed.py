@@ -1,4 +1,4 @@
-"""The demo data set (contract §3): three stores, two users, 2,400 cards and 90 days of history.
+"""The demo data set (contract §3): three stores, its users, and two years of a chain's trade.
 
 Everything is a function of the seed number and the anchor date, so notebooks and their
 outputs are reproducible. The anchor may also be a moment (a ``datetime``, what ``serve``
@@ -8,8 +8,13 @@ own operations (each with the clock set to the moment it happened), so the demo 
 the same rules as live ones; they are built in one transaction, which keeps seeding to a
 second or two.
 
-Besides ordinary trade, the history holds a few stories for analysts to find: a card sold
-at one store and spent at another within the hour, a card redeemed many times in an hour,
+Ordinary trade has the shapes that finance's analyses look for: more sales at weekends and
+before the holidays, most cards spent within weeks of their sale and fewer as they age, and
+some never spent at all (more of them at the airport, whose buyers are travellers) — so
+breakage, dormancy and cohort curves show real shapes. A card is spent mostly at the store
+that sold it, and never on the day it was sold, so the anomaly rules stay quiet on ordinary
+trade. Besides it, the history holds a few stories for analysts to find: a card sold at one
+store and spent at another within the hour, a card redeemed many times in an hour,
 reload-and-redeem cycling, and some cards blocked as lost (one of them found again).
 """
 
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import random
 import uuid
 from collections.abc import Callable
@@ -38,17 +44,43 @@ from giftcard_toolkit.server.ledger import (
 )
 
 DEFAULT_AS_OF = date(2026, 9, 30)
-HISTORY_DAYS = 90
-CARDS_PER_STORE = 800
-DEMO_USERS = {"demo": "demo-password", "clerk": "clerk-password"}
+HISTORY_DAYS = 730  # two years: deep enough for breakage, dormancy and cohort analyses
+STORY_OFFSET = HISTORY_DAYS - 90  # the planted stories happen in the last 90 days
+DEMO_USERS = {
+    "demo": "demo-password",
+    "clerk": "clerk-password",
+    "analyst": "analyst-password",  # read only (role analyst)
+}
+
+
+@dataclass(frozen=True)
+class _StoreProfile:
+    name: str
+    address: str
+    cards: int  # the store's card stock (about three-quarters of it gets sold)
+    sales_a_day: float  # on an ordinary weekday outside the holidays
+    never_spent: float  # the share of its cards bought and never used (breakage)
+    # Three states with different unclaimed-property rules (data/unclaimed-rules-example.csv).
+    jurisdiction: str = ""
+
+
 _STORES = [
-    ("Downtown Flagship", "12 Market Street, Springfield"),
-    ("Riverside Mall", "400 River Road, Unit 23, Springfield"),
-    ("Airport Kiosk", "Terminal B, Springfield Regional Airport"),
+    _StoreProfile("Downtown Flagship", "12 Market Street, Springfield", 2800, 2.6, 0.05, "US-NY"),
+    _StoreProfile(
+        "Riverside Mall", "400 River Road, Unit 23, Springfield", 2300, 2.1, 0.09, "US-TX"
+    ),
+    _StoreProfile(
+        "Airport Kiosk", "Terminal B, Springfield Regional Airport", 1400, 1.3, 0.30, "US-CA"
+    ),
 ]
 _SALE_AMOUNTS = [
     Decimal(a) for a in ("10", "15", "20", "25", "25", "50", "50", "75", "100", "35.50")
 ]
+# Trade by weekday (Monday first) and by month: weekends and the holidays sell most cards;
+# January redeems the holidays' cards.
+_WEEKDAY = (0.8, 0.8, 0.85, 0.9, 1.1, 1.5, 1.3)
+_SALES_MONTH = {11: 1.3, 12: 2.2, 1: 0.7, 2: 0.8}
+_REDEEMS_MONTH = {12: 1.2, 1: 1.5}
 CARD_STOCK_COLUMNS = ["card_number", "security_code", "store_id", "sold"]
 
 
@@ -92,24 +124,69 @@ class DemoData:
 
 
 @dataclass(frozen=True)
+class Shape:
+    """What a seeded chain looks like: its stores, and how many days of history it has."""
+
+    stores: tuple[_StoreProfile, ...] = tuple(_STORES)
+    days: int = HISTORY_DAYS
+
+    def __str__(self) -> str:
+        return f"{len(self.stores)} stores x {self.days} days"
+
+
+DEMO = Shape()
+
+
+def chain(stores: int, days: int = 365) -> Shape:
+    """A chain of ``stores`` stores and ``days`` days of history, with the demo's shapes of
+    trade: its stores are flagships, malls and airport kiosks in turn, numbered, each with
+    card stock for about three-quarters of it to be sold (``serve --seed chain``)."""
+    if stores < len(_STORES):
+        raise ValueError(f"a chain has at least {len(_STORES)} stores (its stories use three)")
+    if days < 90:
+        raise ValueError("a chain has at least 90 days of history (its stories use the last 90)")
+    profiles = []
+    for index in range(stores):
+        kind, number = _STORES[index % len(_STORES)], index // len(_STORES) + 1
+        sold = kind.sales_a_day * days * 1.13  # weekdays and months average out to about this
+        profiles.append(
+            _StoreProfile(
+                f"{kind.name} {number}",
+                f"{kind.address} (branch {number})",
+                int(sold / 0.75) + 10,
+                kind.sales_a_day,
+                kind.never_spent,
+                kind.jurisdiction,
+            )
+        )
+    return Shape(tuple(profiles), days)
+
+
+@dataclass(frozen=True)
 class _Plan:
     stores: list[Store]
+    profiles: tuple[_StoreProfile, ...]
     cards: list[IssuedCard]
     secret: bytes
 
 
-def _plan(seed_number: int) -> _Plan:
+def _plan(seed_number: int, shape: Shape = DEMO) -> _Plan:
     """The stores and card stock of a seed: pure, so a reopened demo can recompute them."""
     rng = random.Random(f"giftcard-demo-plan-{seed_number}")
     stores = [
-        Store(str(uuid.UUID(int=rng.getrandbits(128), version=4)), name, address)
-        for name, address in _STORES
+        Store(
+            str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            profile.name,
+            profile.address,
+            profile.jurisdiction,
+        )
+        for profile in shape.stores
     ]
     seen: set[str] = set()
     cards: list[IssuedCard] = []
-    for store in stores:
+    for store, profile in zip(stores, shape.stores, strict=True):
         made = 0
-        while made < CARDS_PER_STORE:
+        while made < profile.cards:
             number = new_card_number(rng)
             if number in seen:
                 continue
@@ -117,7 +194,12 @@ def _plan(seed_number: int) -> _Plan:
             cards.append(IssuedCard(number, f"{rng.randrange(10000):04d}", store.id))
             made += 1
     secret = hashlib.sha256(f"giftcard-toolkit demo secret {seed_number}".encode()).digest()
-    return _Plan(stores, cards, secret)
+    return _Plan(stores, shape.stores, cards, secret)
+
+
+def demo_stores(seed_number: int = 0) -> list[Store]:
+    """The demo's stores for a seed, without building its database."""
+    return list(_plan(seed_number).stores)
 
 
 _Step = tuple[int, int, "Callable[[], None]"]  # second of the day, tie-break, action
@@ -134,7 +216,7 @@ class _SetClock:
 
 
 class _History:
-    """Replays 90 days of trade through the ledger's own operations."""
+    """Replays two years of trade through the ledger's own operations."""
 
     def __init__(
         self,
@@ -143,8 +225,10 @@ class _History:
         seed_number: int,
         as_of: date,
         until: datetime | None = None,
+        days: int = HISTORY_DAYS,
     ) -> None:
         self.ledger = ledger
+        self.days = days
         self.plan = plan
         self.as_of = as_of
         self.until = until  # the anchor day's trade stops here (None: the whole day)
@@ -157,6 +241,10 @@ class _History:
         self.stock = {s.id: [c for c in plan.cards if c.store_id == s.id] for s in plan.stores}
         self.balances: dict[str, Decimal] = {}  # sold cards' balances, by number
         self.blocked: set[str] = set()
+        self.profiles = dict(zip((s.id for s in plan.stores), plan.profiles, strict=True))
+        self.sold_today: list[tuple[str, str]] = []
+        # The days customers come back with their cards: (store, card, what they do).
+        self.visits: dict[date, list[tuple[str, str, str]]] = {}
         self.clock = _SetClock(datetime.combine(as_of, time(0), self.tz))
 
     def ref(self, number: str) -> CardRef:
@@ -183,6 +271,7 @@ class _History:
         )
         if body["statuscode"] == "000000":
             self.balances[card.number] = Decimal(str(body["balance"]))
+            self.sold_today.append((store_id, card.number))
             return card.number
         return None
 
@@ -226,34 +315,67 @@ class _History:
     def money(self, low: int, high: int) -> Decimal:
         return Decimal(self.rng.randrange(low * 100, high * 100)) / 100
 
-    def ordinary_steps(self) -> list[_Step]:
+    def ordinary_steps(self, day: date) -> list[_Step]:
+        """The day's new sales, and the visits of customers who bought a card earlier."""
         steps: list[_Step] = []
+        weekday = _WEEKDAY[day.weekday()]
         for store in self.plan.stores:
-            for kind, low, high in (("sale", 4, 9), ("reload", 0, 3), ("redeem", 4, 11)):
-                for _ in range(self.rng.randint(low, high)):
-                    second = self.rng.randrange(8 * 3600, 21 * 3600)
-                    steps.append((second, len(steps), self._ordinary(kind, store.id)))
+            sales = self.profiles[store.id].sales_a_day * weekday * _SALES_MONTH.get(day.month, 1)
+            for _ in range(self.count(sales)):
+                steps.append((self.opening_hours(), len(steps), self._sale(store.id)))
+        for store_id, number, kind in self.visits.pop(day, []):
+            steps.append((self.opening_hours(), len(steps), self._visit(store_id, number, kind)))
         return steps
 
-    def _ordinary(self, kind: str, store_id: str) -> Callable[[], None]:
+    def opening_hours(self) -> int:
+        return self.rng.randrange(8 * 3600, 21 * 3600)
+
+    def count(self, rate: float) -> int:
+        """A day's number of events of a kind that happens ``rate`` times a day on average."""
+        expected = rate * self.rng.uniform(0.5, 1.5)
+        return int(expected) + (self.rng.random() < expected % 1)
+
+    def plan_visits(self, day: date, store_id: str, number: str) -> None:
+        """When the buyer of a card sold on ``day`` comes back, and what they do then.
+
+        Visits are days apart, the first typically within three weeks and some many months
+        later (a long tail); most are at the selling store. A share of cards is never used
+        (the store's ``never_spent``), and a last visit may leave a remainder: both are the
+        chain's breakage.
+        """
+        if self.rng.random() < self.profiles[store_id].never_spent:
+            return
+        when = day
+        visits = self.rng.choice((1, 1, 2, 2, 2, 3, 3, 4))
+        for visit in range(visits):
+            when += timedelta(days=1 + int(self.rng.lognormvariate(math.log(18), 1.1)))
+            kind = "reload" if self.rng.random() < 0.12 else "redeem"
+            if visit == visits - 1:  # the last visit spends, and mostly spends it all
+                kind = "spend the rest" if self.rng.random() < 0.8 else "redeem"
+            where = store_id
+            if self.rng.random() < 0.08:
+                where = self.rng.choice(self.plan.stores).id
+            self.visits.setdefault(when, []).append((where, number, kind))
+
+    def _sale(self, store_id: str) -> Callable[[], None]:
+        return lambda: None if self.sell(store_id, self.rng.choice(_SALE_AMOUNTS)) else None
+
+    def _visit(self, store_id: str, number: str, kind: str) -> Callable[[], None]:
         def step() -> None:
-            if kind == "sale":
-                self.sell(store_id, self.rng.choice(_SALE_AMOUNTS))
-                return
-            candidates = self.spendable()
-            if not candidates:
-                return
-            number = self.rng.choice(candidates)
+            if number in self.blocked or self.balances.get(number, Decimal(0)) <= 0:
+                return  # lost, or spent already
             if kind == "reload":
                 self.reload(number, store_id, self.rng.choice(_SALE_AMOUNTS[:6]))
+            elif kind == "spend the rest":
+                self.redeem(number, store_id, self.balances[number], False)
             else:
-                self.redeem(number, store_id, self.money(3, 60), self.rng.random() < 0.5)
+                self.redeem(number, store_id, self.money(3, 60), self.rng.random() < 0.8)
 
         return step
 
     def story_steps(self, day_index: int) -> list[_Step]:
         """A few patterns the anomaly detectors should find (see the module docstring)."""
-        a, b, c = (s.id for s in self.plan.stores)
+        a, b, c = (s.id for s in self.plan.stores[:3])
         card: dict[str, str | None] = {}
 
         def sell(store_id: str, amount: str) -> Callable[[], None]:
@@ -316,6 +438,9 @@ class _History:
             action()
 
     def close_day(self, day: date) -> None:
+        for store_id, number in self.sold_today:
+            self.plan_visits(day, store_id, number)
+        self.sold_today.clear()
         self.clock.now = datetime.combine(day, time(23, 45), self.tz)
         for store in self.plan.stores:
             self.ledger.close_batch(self.all_stores, store.id)
@@ -324,11 +449,13 @@ class _History:
         real_clock = self.ledger.clock
         self.ledger.clock = self.clock
         try:
-            first = self.as_of - timedelta(days=HISTORY_DAYS - 1)
-            for index in range(HISTORY_DAYS):
+            days = self.days
+            first = self.as_of - timedelta(days=days - 1)
+            for index in range(days):
                 day = first + timedelta(days=index)
                 until = self.until if day == self.as_of else None
-                self.play_day(day, self.ordinary_steps() + self.story_steps(index), until)
+                steps = self.ordinary_steps(day) + self.story_steps(index - (days - 90))
+                self.play_day(day, steps, until)
                 if day != self.as_of:  # the anchor date's batches stay open
                     self.close_day(day)
         finally:
@@ -371,59 +498,77 @@ def _anchor(as_of: date, tz: tzinfo) -> tuple[date, datetime | None]:
     return as_of, None
 
 
-def seed_demo(ledger: Ledger, seed_number: int = 0, as_of: date = DEFAULT_AS_OF) -> DemoData:
+def seed_demo(
+    ledger: Ledger, seed_number: int = 0, as_of: date = DEFAULT_AS_OF, shape: Shape = DEMO
+) -> DemoData:
     """Fill an empty database with the demo data set; answers what a caller needs of it.
 
     ``as_of`` is the anchor date (its batches stay open), or a ``datetime``: then the anchor
-    day's trade stops at that moment (``serve`` with no ``--as-of`` passes now).
+    day's trade stops at that moment (``serve`` with no ``--as-of`` passes now). ``shape``
+    makes a chain of another size (:func:`chain`).
     """
     as_of, until = _anchor(as_of, ledger.tz)
-    plan = _plan(seed_number)
+    plan = _plan(seed_number, shape)
     if ledger.meta("kind") is not None or ledger.stores():
         raise NotADemoDatabase(f"{ledger.path} is not empty; seed a new database")
     with ledger.write():
         ledger.set_meta("kind", "demo")
         ledger.set_meta("seed_number", str(seed_number))
         ledger.set_meta("as_of", as_of.isoformat())
+        ledger.set_meta("shape", str(shape))
         ledger.set_meta("card_key", demo_card_key(seed_number))
         for store in plan.stores:
-            ledger.add_store(store.name, store.address, store.id)
+            ledger.add_store(store.name, store.address, store.id, store.jurisdiction)
         everywhere = [s.id for s in plan.stores]
         ledger.put_user("demo", hash_password(DEMO_USERS["demo"]), everywhere)
         ledger.put_user("clerk", hash_password(DEMO_USERS["clerk"]), everywhere[:1])
+        analyst = hash_password(DEMO_USERS["analyst"])
+        ledger.put_user("analyst", analyst, everywhere, role="analyst")
         ledger.add_cards(plan.cards)
         if ledger.card_cipher is None:
             ledger.card_cipher = AesGcmCardCipher.from_base64(demo_card_key(seed_number))
-        _History(ledger, plan, seed_number, as_of, until).run()
+        _History(ledger, plan, seed_number, as_of, until, shape.days).run()
     return _demo_data(plan, seed_number, as_of, ledger)
 
 
 def open_demo(
-    path: str | Path, seed_number: int = 0, as_of: date = DEFAULT_AS_OF, **ledger_options: object
+    path: str | Path,
+    seed_number: int = 0,
+    as_of: date = DEFAULT_AS_OF,
+    shape: Shape = DEMO,
+    **ledger_options: object,
 ) -> tuple[Ledger, DemoData]:
     """Open the demo database at ``path``, seeding it first if it is new.
 
-    An existing demo database of the same seed number is reopened as it is (live changes
-    kept). A database with real data, or another seed, is refused and left untouched.
+    An existing demo database of the same seed number and shape is reopened as it is (live
+    changes kept). A database with real data, another seed or shape, is refused untouched.
     """
     path = Path(path)
     existed = path.exists() and path.stat().st_size > 0
     if existed:
-        _refuse_unless_demo(path, seed_number)
-    ledger = Ledger(path, new_secret=_plan(seed_number).secret, **ledger_options)  # type: ignore[arg-type]
+        _refuse_unless_demo(path, seed_number, shape)
+    plan = _plan(seed_number, shape)
+    ledger = Ledger(path, new_secret=plan.secret, **ledger_options)  # type: ignore[arg-type]
     try:
         if not existed or ledger.meta("kind") is None:
-            return ledger, seed_demo(ledger, seed_number, as_of)
+            return ledger, seed_demo(ledger, seed_number, as_of, shape)
         stored_as_of = date.fromisoformat(
             ledger.meta("as_of") or _anchor(as_of, ledger.tz)[0].isoformat()
         )
-        return ledger, _demo_data(_plan(seed_number), seed_number, stored_as_of, ledger)
+        for store in plan.stores:  # a demo made before stores had a jurisdiction
+            if (known := ledger.store(store.id)) is not None and not known.jurisdiction:
+                ledger.set_jurisdiction(store.id, store.jurisdiction)
+        if ledger.user_record("analyst") is None:  # a demo made before the analyst existed
+            everywhere = [s.id for s in ledger.stores()]
+            analyst = hash_password(DEMO_USERS["analyst"])
+            ledger.put_user("analyst", analyst, everywhere, role="analyst")
+        return ledger, _demo_data(plan, seed_number, stored_as_of, ledger)
     except BaseException:
         ledger.close()
         raise
 
 
-def _refuse_unless_demo(path: Path, seed_number: int) -> None:
+def _refuse_unless_demo(path: Path, seed_number: int, shape: Shape) -> None:
     import sqlite3
 
     try:
@@ -442,6 +587,12 @@ def _refuse_unless_demo(path: Path, seed_number: int) -> None:
         raise NotADemoDatabase(
             f"{path} is a demo database of seed {rows.get('seed_number')}, not {seed_number}; "
             "delete it or choose another --db path"
+        )
+    made = rows.get("shape", str(DEMO))  # demos made before chains had the demo's shape
+    if made != str(shape):
+        raise NotADemoDatabase(
+            f"{path} is a demo database of {made}, not {shape}; delete it or choose another "
+            "--db path"
         )
 
 

@@ -1,11 +1,11 @@
 """The local dataset: sync beside sequential fetch, and the analytics suite read from it.
 
-    python tests/benchmark/bench_dataset.py [--rows 10000000] [--chunk 10000000]
+    python tests/benchmark/bench_dataset.py [--stores 50] [--days 365] [--rows 10000000]
+                                            [--chunk 10000000]
 
-1. Sync of the embedded demo server's history (``frames.sync``, stores concurrently)
-   beside a sequential ``frames.fetch`` of the same data, then a re-sync with nothing new.
-   (The issue's 50-store, 365-day chain needs ``serve --seed chain``, not built yet: this
-   measures the demo's 3 stores and 90 days until it is.)
+1. Sync of a chain's history (``serve --seed chain``, a server in its own process, by
+   default 50 stores and 365 days) with ``frames.sync`` (stores concurrently) beside a
+   sequential ``frames.fetch`` of the same data, then a re-sync with nothing new.
 2. ``write_dataset``: a dataset of any size written directly (no server), in chunks of
    ``--chunk`` rows (each chunk its own 10 stores, so memory stays that of one chunk), then
    the whole analytics suite over ``frames.scan`` of it, in a fresh process with its peak RSS.
@@ -97,11 +97,20 @@ def measure(path: str) -> dict[str, float]:
     return {"seconds": seconds, "rows": rows, "peak_mb": peak_kb / 1024}
 
 
-def sync_beside_fetch(tmp: Path) -> None:
+def sync_beside_fetch(tmp: Path, stores: int, days: int) -> None:
     from giftcard_toolkit import GiftCardClient, frames
-    from giftcard_toolkit.server import running
+    from giftcard_toolkit.server.runner import server_process
+    from giftcard_toolkit.server.seed import DEMO_USERS, chain, open_demo
 
-    with running() as srv, GiftCardClient(srv.url, srv.username, srv.password) as gc:
+    shape = chain(stores, days)
+    started = time.perf_counter()
+    ledger, _ = open_demo(tmp / "chain.sqlite", shape=shape)  # seeded here, served there
+    ledger.close()
+    print(f"seeded a chain of {shape} in {time.perf_counter() - started:.0f} s")
+    with (
+        server_process(tmp / "chain.sqlite", shape=shape) as srv,
+        GiftCardClient(srv.url, "demo", DEMO_USERS["demo"], timeout=60) as gc,
+    ):
         started = time.perf_counter()
         _, txs = frames.fetch(gc, progress=False)
         fetch_s = time.perf_counter() - started
@@ -111,7 +120,7 @@ def sync_beside_fetch(tmp: Path) -> None:
         started = time.perf_counter()
         again = frames.sync(gc, tmp / "demo", progress=False)
         resync_s = time.perf_counter() - started
-    print(f"demo server: {len(srv.stores)} stores, {txs.height:,} transactions")
+    print(f"chain server: {stores} stores, {days} days, {txs.height:,} transactions")
     print(f"  sequential fetch      {fetch_s:6.2f} s")
     print(f"  sync (concurrent)     {sync_s:6.2f} s  {fetch_s / sync_s:4.1f}x fetch  {report}")
     print(f"  re-sync, nothing new  {resync_s:6.2f} s  ({again.requests} requests)")
@@ -119,6 +128,8 @@ def sync_beside_fetch(tmp: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stores", type=int, default=50)
+    parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000_000])
     parser.add_argument("--chunk", type=int, default=10_000_000)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -128,7 +139,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
-        sync_beside_fetch(tmp)
+        sync_beside_fetch(tmp, args.stores, args.days)
         for rows in args.rows:
             started = time.perf_counter()
             path = write_dataset(tmp / f"rows-{rows}", rows, chunk=args.chunk)
