@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import polars as pl
 import pytest
@@ -16,36 +17,48 @@ NAMES = {A: "Alpha", B: "Beta"}
 D = Decimal
 
 
+def frame_of(records: list[dict]) -> pl.DataFrame:
+    """A transaction frame from dicts holding at least store_id, card, type, amount,
+    previous_balance, new_balance (Decimals) and at; the rest is filled in."""
+    full = [
+        {
+            "store_id": r["store_id"],
+            "store_name": r.get("store_name") or NAMES[r["store_id"]],
+            "batch_id": r["store_id"][:1] + "1",
+            "host_ref": f"{n:05d}",
+            "type": r["type"],
+            "card_last4": r["card"][-4:],
+            "card_ref": f"ref-{r['card']}",
+            "amount": r["amount"],
+            "previous_balance": r["previous_balance"],
+            "new_balance": r["new_balance"],
+            "pos_ref": None,
+            "at": r["at"],
+            "username": "demo",
+        }
+        for n, r in enumerate(records)
+    ]
+    money = {"amount": frames.MONEY, "previous_balance": frames.MONEY, "new_balance": frames.MONEY}
+    frame = pl.DataFrame(full, schema_overrides=money) if full else pl.DataFrame(schema=money)
+    return frames.conform(frame, frames.TRANSACTION_SCHEMA)
+
+
 def _txs(rows: list[tuple]) -> pl.DataFrame:
     """(store, card, type, amount, previous, new, 'MM-DD HH:MM') rows as a frame."""
-    records = []
-    for n, (store, card, kind, amount, previous, new, when) in enumerate(rows):
-        records.append(
+    return frame_of(
+        [
             {
                 "store_id": store,
-                "store_name": NAMES[store],
-                "batch_id": store[:1] + "1",
-                "host_ref": f"{n:04d}",
+                "card": card,
                 "type": kind,
-                "card_last4": card[-4:],
-                "card_ref": f"ref-{card}",
                 "amount": D(amount),
                 "previous_balance": D(previous),
                 "new_balance": D(new),
-                "pos_ref": None,
                 "at": datetime.strptime(f"2026-{when}", "%Y-%m-%d %H:%M").replace(tzinfo=UTC),
-                "username": "demo",
             }
-        )
-    frame = pl.DataFrame(
-        records,
-        schema_overrides={
-            "amount": frames.MONEY,
-            "previous_balance": frames.MONEY,
-            "new_balance": frames.MONEY,
-        },
+            for store, card, kind, amount, previous, new, when in rows
+        ]
     )
-    return frames.conform(frame, frames.TRANSACTION_SCHEMA)
 
 
 # c1: sold at Alpha, spent at Beta 20 minutes later.
@@ -94,8 +107,8 @@ def test_daily_summary_days_follow_the_time_zone():
 
 def test_liability_per_home_store_and_total():
     got = {
-        (r["store_id"], r["period"].day): r["liability"]
-        for r in analytics.liability(STORY).iter_rows(named=True)
+        (r["store_id"], r["period_end"].day): r["liability"]
+        for r in analytics.liability(STORY, by="store").iter_rows(named=True)
     }
     # Day 5: c1 100-30 and c2 50 are Alpha's (sold there): 120. Beta has sold nothing yet.
     assert got[A, 5] == D("120") and got[B, 5] == 0 and got[analytics.ALL_STORES, 5] == 120
@@ -105,7 +118,8 @@ def test_liability_per_home_store_and_total():
 
 def test_liability_counts_what_cards_held_before_the_window():
     window = STORY.filter(pl.col("at") >= datetime(2026, 1, 6, tzinfo=UTC))
-    total = analytics.liability(window).filter(pl.col("store_id") == analytics.ALL_STORES)
+    with pytest.warns(analytics.PartialHistoryWarning, match="1 card.* part-way"):
+        total = analytics.liability(window).filter(pl.col("store_id") == analytics.ALL_STORES)
     # c2 came in holding 50 and spent 25; c3 ends at 30. c1 is not in the window at all.
     assert total["liability"].to_list() == [D("55")]
 
@@ -120,11 +134,11 @@ def test_redemption_curve():
         ]
     )
     curve = analytics.redemption_curve(curve_data, horizon_days=14, step_days=7)
-    first = curve.filter(pl.col("activation_week") == date(2026, 2, 2))
+    first = curve.filter(pl.col("cohort_start") == date(2026, 2, 2))
     assert first["days"].to_list() == [0, 7, 14]
     assert first["share"].to_list() == [0.0, 0.4, 1.0]
     assert first["loaded"].to_list() == [D("100")] * 3
-    young = curve.filter(pl.col("activation_week") == date(2026, 2, 16))
+    young = curve.filter(pl.col("cohort_start") == date(2026, 2, 16))
     assert young["days"].to_list() == [0], "a cohort too young for day 7 has no value there"
 
 
@@ -275,8 +289,159 @@ def test_demo_redemption_curve_is_cumulative_and_bounded(demo):
     _, txs, _ = demo
     curve = analytics.redemption_curve(txs)
     assert curve["share"].drop_nulls().is_between(0, 1).all(), "no card spends more than it got"
-    for _, cohort in curve.group_by("activation_week"):
+    for _, cohort in curve.group_by("cohort_start"):
         ordered = cohort.sort("days")
         assert ordered["loaded"].is_sorted() and ordered["redeemed"].is_sorted()
-    weeks = curve["activation_week"].n_unique()
+    weeks = curve["cohort_start"].n_unique()
     assert weeks >= 13, "90 days of sales make at least 13 weekly cohorts"
+
+
+# ------------------------------------------------ the demo, against plain Python
+
+
+def cards_by_hand(txs: pl.DataFrame, before: datetime | None = None) -> dict[str, dict]:
+    """Each card worked out from the rows, oldest first (those before ``before``): its home
+    store (its sale's), sale, loads, redemptions, balance, last use, count, stores used."""
+    cards: dict[str, dict] = {}
+    for row in sorted(txs.iter_rows(named=True), key=lambda r: r["at"]):
+        if before is not None and row["at"] >= before:
+            continue
+        card = cards.setdefault(
+            row["card_ref"] or row["card_last4"],
+            {"home": row["store_id"], "sold_at": None, "sold_amount": None, "loaded": D(0)},
+        )
+        if row["type"] == "sale" and card["sold_at"] is None:
+            card.update(home=row["store_id"], sold_at=row["at"], sold_amount=row["amount"])
+        kind = "redeemed" if row["type"] == "redeem" else "loaded"
+        card[kind] = card.get(kind, D(0)) + row["amount"]
+        card["balance"], card["last_used"] = row["new_balance"], row["at"]
+        card["transactions"] = card.get("transactions", 0) + 1
+        card.setdefault("stores", set()).add(row["store_id"])
+    return cards
+
+
+def _end_of(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1)
+
+
+def test_demo_cards_by_hand(demo):
+    _, txs, _ = demo
+    middle = sorted(txs["at"].to_list())[txs.height // 2].date()
+    want = cards_by_hand(txs, _end_of(middle))
+    got = analytics.cards(txs, as_of=middle)
+    assert got.height == len(want) > 100
+    for row in got.iter_rows(named=True):
+        card = want[row["card_ref"]]
+        assert row["home_store_id"] == card["home"]
+        assert (row["sold_at"], row["sold_amount"]) == (card["sold_at"], card["sold_amount"])
+        assert (row["loaded"], row["redeemed"]) == (card["loaded"], card.get("redeemed", 0))
+        assert (row["balance"], row["last_used"]) == (card["balance"], card["last_used"])
+        assert row["transactions"] == card["transactions"]
+        assert row["stores_used"] == len(card["stores"])
+        assert row["balance"] == row["opening_balance"] + row["loaded"] - row["redeemed"]
+
+
+def test_demo_breakage_per_home_store_by_hand(demo):
+    _, txs, _ = demo
+    as_of = txs["at"].max().date()
+    split = analytics.breakage(txs, as_of, dormant_days=365, by="store")
+    held: dict[str, list[Decimal]] = {}
+    for card in cards_by_hand(txs).values():
+        if card["balance"] > 0:
+            idle = (_end_of(as_of) - card["last_used"]).days
+            sums = held.setdefault(card["home"], [D(0), D(0)])
+            sums[0] += card["balance"]
+            sums[1] += card["balance"] if idle >= 365 else 0
+    stores = split.filter(pl.col("store_id") != analytics.ALL_STORES)
+    got = stores.group_by("store_id").agg(pl.col("balance", "breakage").sum())
+    assert {s: [b, k] for s, b, k in got.iter_rows()} == held
+    total = split.filter(pl.col("store_id") == analytics.ALL_STORES).drop("store_id", "store_name")
+    assert total.equals(analytics.breakage(txs, as_of).drop("store_id", "store_name"))
+    assert total["breakage"].sum() == sum(k for _, k in held.values())
+    assert 0 < total["breakage"].sum() < total["balance"].sum()
+
+
+def test_demo_liability_at_month_ends_by_hand(demo):
+    _, txs, balances = demo
+    months = analytics.liability(txs, "1mo", by="store")
+    assert months["period_start"].n_unique() >= 3
+    for end, rows in months.filter(pl.col("complete")).group_by("period_end"):
+        held: dict[str, Decimal] = {}
+        for card in cards_by_hand(txs, _end_of(end[0])).values():
+            held[card["home"]] = held.get(card["home"], D(0)) + card["balance"]
+        got = dict(rows.select("store_id", "liability").rows())
+        assert got.pop(analytics.ALL_STORES) == sum(held.values())
+        assert {s: v for s, v in got.items() if v or s in held} == held
+    last = months.filter(pl.col("period_start") == pl.col("period_start").max())
+    assert not last["complete"].any(), "the data stops before the month's end"
+    assert last.filter(pl.col("store_id") == analytics.ALL_STORES)["liability"].item() == balances
+    closed = analytics.liability(txs, "1mo", as_of=txs["at"].max().date())
+    assert closed["complete"].all(), "known to the end of its last day, the month is whole"
+
+
+def test_demo_weekly_flows_by_hand(demo):
+    _, txs, _ = demo
+    ny = ZoneInfo("America/New_York")
+    want: dict[tuple[str, date], list] = {}
+    for row in txs.iter_rows(named=True):
+        day = row["at"].astimezone(ny).date()
+        monday = day - timedelta(days=day.weekday())
+        sums = want.setdefault((row["store_id"], monday), [0, D(0), D(0)])
+        sums[0] += row["type"] == "sale"
+        sums[1 if row["type"] != "redeem" else 2] += row["amount"]
+    weeks = analytics.summary(txs, "1w", tz="America/New_York", by="store")
+    stores = weeks.filter(pl.col("store_id") != analytics.ALL_STORES)
+    for row in stores.iter_rows(named=True):
+        sums = want.get((row["store_id"], row["period_start"]), [0, D(0), D(0)])
+        loaded = row["sales_amount"] + row["reloads_amount"]
+        assert [row["sales"], loaded, row["redemptions_amount"]] == sums
+        assert row["net"] == sums[1] - sums[2]
+        assert row["period_end"] == row["period_start"] + timedelta(days=6)
+    totals = weeks.filter(pl.col("store_id") == analytics.ALL_STORES)
+    added = stores.group_by("period_start").agg(pl.col("net").sum()).sort("period_start")
+    assert totals["net"].to_list() == added["net"].to_list()
+    assert totals["complete"].to_list()[-1] is False and totals["complete"][:-1].all()
+
+
+def test_demo_cross_store_by_hand(demo):
+    _, txs, _ = demo
+    homes = {ref: card["home"] for ref, card in cards_by_hand(txs).items()}
+    want: dict[tuple[str, str], list] = {}
+    for row in txs.filter(pl.col("type") == "redeem").iter_rows(named=True):
+        pair = want.setdefault((homes[row["card_ref"]], row["store_id"]), [0, D(0)])
+        pair[0] += 1
+        pair[1] += row["amount"]
+    got = analytics.cross_store(txs)
+    assert {(h, s): [n, v] for h, _, s, _, _, n, v, _ in got.iter_rows()} == want
+    assert got.filter(pl.col("away"))["redemptions"].sum() > 0
+
+
+def test_demo_per_store_curves_add_up_to_the_chain(demo):
+    _, txs, _ = demo
+    curve = analytics.redemption_curve(txs, cohort="1mo", by="store")
+    total = curve.filter(pl.col("store_id") == analytics.ALL_STORES)
+    added = (
+        curve.filter(pl.col("store_id") != analytics.ALL_STORES)
+        .group_by("cohort_start", "days")
+        .agg(pl.col("cards", "loaded", "redeemed").sum())
+    )
+    both = total.join(added, on=["cohort_start", "days"], suffix="_added")
+    assert both.height == total.height
+    for column in ("cards", "loaded", "redeemed"):
+        assert (both[column] == both[f"{column}_added"]).all(), column
+    sold = txs.filter(pl.col("type") == "sale")
+    assert total.filter(pl.col("days") == 0)["cards"].sum() == sold.height
+
+
+def test_demo_new_analyses_give_the_same_answer_on_lazy_input(demo):
+    _, txs, _ = demo
+    calls = [
+        lambda t: analytics.cards(t),
+        lambda t: analytics.summary(t, "1w", tz="America/New_York", by="store"),
+        lambda t: analytics.liability(t, "1mo", by="store", since=date(2026, 1, 1)),
+        lambda t: analytics.breakage(t, by="store", stores=txs["store_name"][0]),
+        lambda t: analytics.redemption_curve(t, cohort="1mo", by="store"),
+        lambda t: analytics.cross_store(t),
+    ]
+    for call in calls:
+        assert call(txs.lazy()).equals(call(txs))

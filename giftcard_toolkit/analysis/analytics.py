@@ -1,27 +1,58 @@
-"""What analysts ask of the batches: volumes, liability, redemption, breakage, anomalies.
+"""What analysts ask of the batches: cards, volumes, liability, redemption, breakage, anomalies.
 
 Every function takes frames of ``frames.TRANSACTION_SCHEMA`` / ``frames.BATCH_SCHEMA``,
 eager or lazy (``frames.scan(path)`` of a synced dataset), and returns a new DataFrame, the
-same for both; the work is polars expressions, not Python loops, run on the streaming
-engine. Money stays ``Decimal(18, 2)``; shares are floats (they are ratios, not money).
+same for both; the heavy work is polars expressions, not Python loops, run on the streaming
+engine, and only the small aggregates are finished eagerly. Money stays ``Decimal(18, 2)``;
+shares are floats (they are ratios, not money).
 
 A card is followed by ``card_ref`` (the server's pseudonym). Where a server sends none,
 ``card_last4`` stands in, which merges cards that share their last four digits: results
-that follow cards are then approximate, and say so nowhere else, so prefer servers that
-send ``cardref`` (the embedded one does).
+that follow cards are then approximate, so prefer servers that send ``cardref`` (the
+embedded one does).
+
+The same keywords mean the same everywhere:
+
+* ``stores=``: store ids or names (or ``Store`` objects), to keep some stores. Measures that
+  follow cards (``cards``, ``liability``, ``breakage``, ``redemption_curve``,
+  ``cross_store``) count a card at its **home store**: where it was sold, or, with no sale
+  in the data, where it was first seen. Flows (``summary``, ``daily_summary``,
+  ``anomalies``) count a transaction at the store where it happened. Never filter the
+  transactions to a store before a card-following measure: it would see only part of each
+  card's history (a card sold here and spent elsewhere would look unspent).
+* ``by="store"``: one row per store and a total row (``store_id == "*"``); without it, the
+  total rows only (all stores, or those of ``stores=``).
+* ``tz=``: days, weeks (from Monday) and months are counted in this time zone (IANA name).
+* ``since=`` / ``until=``: a window, both ends inclusive. A date is a whole day in ``tz``
+  (``until=date(2026, 8, 31)`` runs to the end of August 31st); a datetime is that instant
+  (naive ones are read in ``tz``). Card-following measures still read each card's history
+  from its start, to know its state when the window opens.
+* ``as_of=``: what was known at that moment: later transactions are ignored. A date means
+  the end of that day in ``tz``. Without it, the data's last transaction is "now".
+* ``every=``: ``"1d"``, ``"1w"``, ``"1mo"`` (also ``"1q"``, ``"1y"``). Each period is labelled
+  by ``period_start`` and ``period_end`` (dates in ``tz``, both inclusive), and ``complete``
+  is false for a period the data (or the window) does not cover whole, such as the current
+  week: compare it with others only knowing that.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
-from typing import Final
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
-from giftcard_toolkit.analysis.frames import MONEY
+from giftcard_toolkit.analysis.frames import MONEY, TIME
 
 Frame = pl.DataFrame | pl.LazyFrame
+Stores = str | Iterable[Any] | None
 ALL_STORES = "*"
+ALL_STORES_NAME = "All stores"
+PERIODS: Final = ("1d", "1w", "1mo", "1q", "1y")
 # Every query runs on polars' streaming engine: over a scanned dataset (``frames.scan``)
 # memory stays flat as the data grows; an eager frame gives the very same answer.
 ENGINE: Final = "streaming"
@@ -30,6 +61,18 @@ ENGINE: Final = "streaming"
 # millions of rows by an integer is many times cheaper than by a string.
 _CARD = pl.coalesce("card_ref", "card_last4").cast(pl.Categorical).to_physical().alias("card")
 _SIGNED = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
+# A card's home transaction is its first sale, else its first transaction: the smallest of
+# this key (a sale's key is its time; any other's is its time pushed past every sale's).
+_HOME_KEY = (
+    pl.col("at").dt.epoch("us") + pl.when(pl.col("type") == "sale").then(0).otherwise(1 << 62)
+).alias("home_key")
+_HOME = pl.col("home_key").arg_min()
+_STORE_COLUMNS: dict[str, Any] = {"store_id": pl.String, "store_name": pl.String}
+_PERIOD_COLUMNS: dict[str, Any] = {
+    "period_start": pl.Date,
+    "period_end": pl.Date,
+    "complete": pl.Boolean,
+}
 
 
 def _lazy(frame: Frame) -> pl.LazyFrame:
@@ -44,164 +87,686 @@ def _of_type(kind: str) -> pl.Expr:
     return pl.col("type") == kind
 
 
-def daily_summary(txs: Frame, tz: str = "UTC") -> pl.DataFrame:
-    """Per store and day (in ``tz``): count and amount of sales, reloads and redemptions,
-    and the net (sales + reloads - redemptions)."""
-    return (
-        _lazy(txs)
-        .with_columns(pl.col("at").dt.convert_time_zone(tz).dt.date().alias("day"))
-        .group_by("store_id", "store_name", "day")
-        .agg(
-            (_of_type("sale").sum().cast(pl.Int64)).alias("sales"),
-            _money_sum(pl.col("amount").filter(_of_type("sale"))).alias("sales_amount"),
-            (_of_type("reload").sum().cast(pl.Int64)).alias("reloads"),
-            _money_sum(pl.col("amount").filter(_of_type("reload"))).alias("reloads_amount"),
-            (_of_type("redeem").sum().cast(pl.Int64)).alias("redemptions"),
-            _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redemptions_amount"),
-            _money_sum(_SIGNED).alias("net"),
+# ------------------------------------------------------------------ time rules
+
+
+@dataclass(frozen=True)
+class _Window:
+    """A question's time rules as UTC instants; every end is exclusive (the first instant
+    after), so that a date's whole day is in, to the microsecond."""
+
+    zone: ZoneInfo
+    since: datetime | None
+    until: datetime | None
+    as_of: datetime | None
+
+    @property
+    def cut(self) -> datetime | None:
+        """Transactions at or after this are not read."""
+        ends = [t for t in (self.until, self.as_of) if t is not None]
+        return min(ends) if ends else None
+
+    def stop(self, last: datetime) -> datetime:
+        """Where what is shown ends: the window's end, or what is known (``as_of``, else
+        just after the last transaction ``last``), whichever comes first."""
+        known = self.as_of if self.as_of is not None else last + timedelta(microseconds=1)
+        return min(known, self.until) if self.until is not None else known
+
+    def day(self, instant: datetime) -> date:
+        return instant.astimezone(self.zone).date()
+
+    def midnight(self, day: date) -> datetime:
+        return datetime.combine(day, time(), self.zone).astimezone(UTC)
+
+
+def _zone(tz: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(
+            f"tz={tz!r} is not a time zone: give an IANA name such as 'UTC' or 'America/New_York'"
+        ) from None
+
+
+def _instant(name: str, value: date | datetime, window: _Window, after: bool) -> datetime:
+    """``value`` as a UTC instant: a date's start (or, ``after``, the instant after its
+    end) in the window's zone; a datetime as it is (or the microsecond after it)."""
+    if isinstance(value, datetime):
+        moment = (value if value.tzinfo else value.replace(tzinfo=window.zone)).astimezone(UTC)
+        return moment + timedelta(microseconds=1) if after else moment
+    if isinstance(value, date):
+        return window.midnight(value + timedelta(days=1) if after else value)
+    raise TypeError(f"{name}={value!r}: give a date (a whole day in tz) or a datetime (an instant)")
+
+
+def _window(
+    tz: str,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+    as_of: date | datetime | None = None,
+) -> _Window:
+    window = _Window(_zone(tz), None, None, None)
+    window = _Window(
+        window.zone,
+        None if since is None else _instant("since", since, window, after=False),
+        None if until is None else _instant("until", until, window, after=True),
+        None if as_of is None else _instant("as_of", as_of, window, after=True),
+    )
+    if window.since is not None and window.until is not None and window.since >= window.until:
+        raise ValueError(f"since={since!r} is after until={until!r}: the window is empty")
+    return window
+
+
+def _check_every(every: str, name: str = "every") -> None:
+    if every not in PERIODS:
+        raise ValueError(
+            f"{name}={every!r}: give '1d' (days), '1w' (weeks, from Monday), '1mo' "
+            "(months), '1q' (quarters) or '1y' (years)"
         )
+
+
+def _check_by(by: str | None) -> None:
+    if by not in (None, "store"):
+        raise ValueError(
+            f"by={by!r}: give by='store' for one row per store and a total row, or leave it "
+            "out for the total only"
+        )
+
+
+def _local_day(window: _Window, column: str = "at") -> pl.Expr:
+    """The day (in the window's zone) of a UTC time column."""
+    moment = pl.col(column)
+    if window.zone.key != "UTC":
+        moment = moment.dt.convert_time_zone(window.zone.key)
+    return moment.dt.date()
+
+
+def _period_of(window: _Window, every: str, column: str = "at") -> pl.Expr:
+    day = _local_day(window, column)
+    return (day if every == "1d" else day.dt.truncate(every)).alias("period_start")
+
+
+def _bounds(txs: Frame, window: _Window) -> pl.LazyFrame:
+    """The first and last transaction known (before ``as_of``), whatever the window: the
+    data's own span, which says whether a period has ended."""
+    lf = _lazy(txs)
+    if window.as_of is not None:
+        lf = lf.filter(pl.col("at") < window.as_of)
+    return lf.select(pl.col("at").min().alias("first"), pl.col("at").max().alias("last"))
+
+
+def _periods(first: date, last: date, every: str, window: _Window) -> pl.DataFrame:
+    """The periods from the one holding day ``first`` to the one holding ``last``, with
+    their bounds as instants (``_from``, ``_to``: exclusive) for the ``complete`` flags."""
+    bounds = pl.Series([first, last]).dt.truncate(every)
+    starts = pl.date_range(bounds[0], bounds[1], interval=every, eager=True).alias("period_start")
+    following = starts.dt.offset_by(every)
+    return pl.DataFrame(
+        [
+            starts,
+            following.dt.offset_by("-1d").alias("period_end"),
+            pl.Series("_from", [window.midnight(d) for d in starts], dtype=TIME),
+            pl.Series("_to", [window.midnight(d) for d in following], dtype=TIME),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------- stores
+
+
+def _store_list(frame: Frame) -> pl.DataFrame:
+    """Every store (``store_id``, ``store_name``) in the frame."""
+    pairs = _lazy(frame).select("store_id", "store_name").unique()
+    return pairs.sort("store_id", "store_name").collect(engine=ENGINE)
+
+
+def _chosen(frame: Frame, stores: Stores) -> pl.DataFrame | None:
+    """The stores (``store_id``, ``store_name``) that ``stores`` names, by id or name in
+    any letter case; None for all. A name matching no store in the data is an error."""
+    if stores is None:
+        return None
+    wanted = [stores] if isinstance(stores, str) else list(stores)
+    wanted = [str(getattr(store, "id", store)) for store in wanted]
+    if not wanted:
+        raise ValueError("stores=[] keeps no store: leave stores out for all, or name some")
+    known = _store_list(frame)
+    keys = {w.casefold() for w in wanted}
+    hit = pl.col("store_id").str.to_lowercase().is_in(keys) | pl.col(
+        "store_name"
+    ).str.to_lowercase().is_in(keys)
+    found = known.filter(hit)
+    spelled = {s.casefold() for s in found["store_id"].to_list() + found["store_name"].to_list()}
+    missing = [w for w in wanted if w.casefold() not in spelled]
+    if missing:
+        listed = ", ".join(f"{name} ({sid})" for sid, name in known.iter_rows()) or "none"
+        raise ValueError(
+            f"stores={missing!r}: no such store in these transactions (they hold: {listed}); "
+            "give store ids or names"
+        )
+    return found
+
+
+def _total_name(chosen: pl.DataFrame | None) -> str:
+    if chosen is None:
+        return ALL_STORES_NAME
+    return "Stores: " + ", ".join(sorted(set(chosen["store_name"].to_list())))
+
+
+def _keep(frame: pl.DataFrame, chosen: pl.DataFrame | None) -> pl.DataFrame:
+    return (
+        frame
+        if chosen is None
+        else frame.filter(pl.col("store_id").is_in(chosen["store_id"].to_list()))
+    )
+
+
+def _stores(
+    txs: Frame, found: pl.DataFrame, chosen: pl.DataFrame | None, by: str | None
+) -> pl.DataFrame:
+    """The stores to give rows to: the chosen ones, or with ``by="store"`` every store in
+    the data (with zeros where a store has nothing), else just those ``found``."""
+    if chosen is not None:
+        return chosen
+    if by == "store":
+        return _store_list(txs)
+    return found.select("store_id", "store_name").unique().sort("store_id", "store_name")
+
+
+def _split(
+    per_store: pl.DataFrame,
+    keys: list[str],
+    sums: list[str],
+    by: str | None,
+    chosen: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """The total rows (``store_id == "*"``) of ``per_store`` over ``keys``, and, with
+    ``by="store"``, the store rows before them; in the frame's own column order."""
+    columns = per_store.columns
+    total = (
+        per_store.group_by(keys)
+        .agg(pl.col(sums).sum())
+        .with_columns(
+            pl.lit(ALL_STORES).alias("store_id"), pl.lit(_total_name(chosen)).alias("store_name")
+        )
+    )
+    parts = [total.select(columns).cast(dict(per_store.schema))]  # type: ignore[arg-type]
+    if by == "store":
+        parts.append(per_store)
+    return pl.concat(parts).sort("store_id", *keys)
+
+
+# ------------------------------------------------------------------------ cards
+
+
+def _card_rows(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
+    """Per card (``card``), the aggregates ``names`` of :func:`cards` (and ``opening``,
+    ``home_key``-based ``home_store_*``), each picked by ``arg_min``/``arg_max``: no sort
+    of the whole frame. Only what is asked for is computed."""
+    first, last, home = pl.col("at").arg_min(), pl.col("at").arg_max(), _HOME
+    sold = pl.col("type").get(home) == "sale"
+    every = {
+        "card_ref": pl.col("card_ref").first(),
+        "card_last4": pl.col("card_last4").first(),
+        "home_store_id": pl.col("store_id").get(home),
+        "home_store_name": pl.col("store_name").get(home),
+        "sold_at": pl.when(sold).then(pl.col("at").get(home)),
+        "sold_amount": pl.when(sold).then(pl.col("amount").get(home)),
+        "loaded": _money_sum(pl.col("amount").filter(~_of_type("redeem"))),
+        "redeemed": _money_sum(pl.col("amount").filter(_of_type("redeem"))),
+        "balance": pl.col("new_balance").get(last),
+        "last_used": pl.col("at").max(),
+        "transactions": pl.len().cast(pl.Int64),
+        "stores_used": pl.col("store_id").n_unique().cast(pl.Int64),
+        "opening_balance": pl.col("previous_balance").get(first),
+        # Signs of a partial history (see ``_warn_partial``).
+        "gap": (pl.col("new_balance") - pl.col("previous_balance")).sum()
+        != pl.col("new_balance").get(last) - pl.col("previous_balance").get(first),
+        "part_way": ~sold & (pl.col("previous_balance").get(first) != 0),
+    }
+    return lf.group_by("card").agg(every[name].alias(name) for name in names)
+
+
+_CARD_COLUMNS = (
+    "card_ref",
+    "card_last4",
+    "home_store_id",
+    "home_store_name",
+    "sold_at",
+    "sold_amount",
+    "loaded",
+    "redeemed",
+    "balance",
+    "last_used",
+    "transactions",
+    "stores_used",
+    "opening_balance",
+)
+
+
+class PartialHistoryWarning(UserWarning):
+    """A card-following measure was given only part of some cards' histories."""
+
+
+def _warn_partial(counts: pl.DataFrame) -> pl.DataFrame:
+    """Say so when cards' histories are incomplete (``counts`` of cards with a ``gap`` or
+    coming in ``part_way``): a measure that follows cards then draws wrong conclusions (a
+    card spent elsewhere looks idle) without any error. Returns ``counts`` without them."""
+    found = counts.select(pl.col(c).sum() for c in ("gap", "part_way") if c in counts.columns)
+    gaps, part_way = (
+        int(found[c].item()) if c in found.columns else 0 for c in ("gap", "part_way")
+    )
+    advice = (
+        " Measures that follow cards need each card's whole history: pass the whole frame "
+        "(frames.fetch without since=, or frames.scan of a synced dataset) and choose stores "
+        "with stores= or by='store'."
+    )
+    if gaps:
+        message = (
+            f"{gaps:,} card(s) have transactions missing from the middle of their history "
+            "here (a balance before a transaction differs from the one after the card's "
+            "previous): were the transactions filtered to some stores?"
+        )
+        warnings.warn(message + advice, PartialHistoryWarning, stacklevel=3)
+    if part_way:
+        message = (
+            f"{part_way:,} card(s) come in part-way through their life (no sale, a balance "
+            "before their first transaction here): were the transactions filtered to some "
+            "stores, or cut at a start date? Cards not used since are not seen at all."
+        )
+        warnings.warn(message + advice, PartialHistoryWarning, stacklevel=3)
+    return counts.drop(found.columns)
+
+
+# What a card-following measure reads of each transaction.
+_FOLLOW_CARDS = (
+    "store_id",
+    "store_name",
+    "type",
+    "at",
+    "previous_balance",
+    "new_balance",
+    "card",
+    "home_key",
+)
+
+
+def _read(txs: Frame, cut: datetime | None) -> pl.LazyFrame:
+    """The transactions known before ``cut``, each with its card code and home key."""
+    lf = _lazy(txs)
+    if cut is not None:
+        lf = lf.filter(pl.col("at") < cut)
+    return lf.with_columns(_CARD, _HOME_KEY)
+
+
+def cards(
+    txs: Frame,
+    as_of: date | datetime | None = None,
+    *,
+    stores: Stores = None,
+    tz: str = "UTC",
+) -> pl.DataFrame:
+    """One row per card, as of the end of ``as_of``: the base of every card-following
+    measure, for questions no ready analysis answers (the most used cards, July's cards
+    and how much of them is spent...).
+
+    ``stores=`` keeps the cards whose home store it names. Columns:
+    ``card_ref``, ``card_last4`` (the card, never its number); ``home_store_id``,
+    ``home_store_name`` (where it was sold, or first seen if no sale is in the data);
+    ``sold_at``, ``sold_amount`` (its sale; null with no sale in the data); ``loaded`` (sale
+    and reloads), ``redeemed``; ``balance`` (after its last transaction); ``last_used``;
+    ``transactions`` (count); ``stores_used`` (distinct stores it was used at);
+    ``opening_balance`` (what it held before its first transaction in the data: 0 for a card
+    sold in it; ``balance == opening_balance + loaded - redeemed``). Sorted by home store,
+    then sale time, then ``card_ref``.
+    """
+    window = _window(tz, as_of=as_of)
+    lf = _read(txs, window.cut)
+    chosen = _chosen(txs, stores)
+    rows = _card_rows(lf, *_CARD_COLUMNS, "gap", "part_way").drop("card")
+    if chosen is not None:
+        rows = rows.filter(pl.col("home_store_id").is_in(chosen["store_id"].to_list()))
+    found = rows.sort("home_store_id", "sold_at", "card_ref", "card_last4", nulls_last=True)
+    result = found.collect(engine=ENGINE)
+    return _warn_partial(result)
+
+
+# ------------------------------------------------------------------------ flows
+
+
+def transactions(
+    txs: Frame,
+    *,
+    stores: Stores = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+    tz: str = "UTC",
+) -> pl.DataFrame:
+    """The transactions that happened at ``stores`` within the window: for looking at
+    flows. Never feed the result to a card-following measure (it holds only part of each
+    card's history); pass it the whole frame with ``stores=`` instead. Columns: the
+    transaction frame's columns, oldest first."""
+    within = _within(_lazy(txs), _chosen(txs, stores), _window(tz, since, until))
+    return within.sort("at", "host_ref").collect(engine=ENGINE)
+
+
+def _within(lf: pl.LazyFrame, chosen: pl.DataFrame | None, window: _Window) -> pl.LazyFrame:
+    """The rows of ``lf`` that happened at the chosen stores within the window."""
+    if chosen is not None:
+        lf = lf.filter(pl.col("store_id").is_in(chosen["store_id"].to_list()))
+    if window.since is not None:
+        lf = lf.filter(pl.col("at") >= window.since)
+    if window.until is not None:
+        lf = lf.filter(pl.col("at") < window.until)
+    return lf
+
+
+_FLOW_SUMS = [
+    "sales",
+    "sales_amount",
+    "reloads",
+    "reloads_amount",
+    "redemptions",
+    "redemptions_amount",
+    "net",
+]
+
+
+def summary(
+    txs: Frame,
+    every: str = "1d",
+    *,
+    tz: str = "UTC",
+    stores: Stores = None,
+    by: str | None = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+    as_of: date | datetime | None = None,
+) -> pl.DataFrame:
+    """Sales, reloads and redemptions per period (``every``, counted in ``tz``).
+
+    A flow: each transaction counts at the store where it happened (``stores=``,
+    ``by="store"``) and in the period it happened. Every period from the first to the last
+    is there, with zeros where nothing happened. Columns: ``period_start``, ``period_end``
+    (dates, inclusive), ``complete`` (false for a period the data or the window covers only
+    part of: the current week, a window starting mid-month); ``store_id``, ``store_name``
+    (``"*"`` for the total row); ``sales``, ``reloads``, ``redemptions`` (counts);
+    ``sales_amount``, ``reloads_amount``, ``redemptions_amount`` (money); ``net`` (sales +
+    reloads - redemptions: what the cards gained).
+    """
+    _check_every(every)
+    _check_by(by)
+    window = _window(tz, since, until, as_of)
+    lf = _lazy(txs)
+    if window.cut is not None:
+        lf = lf.filter(pl.col("at") < window.cut)
+    if window.since is not None:
+        lf = lf.filter(pl.col("at") >= window.since)
+    chosen = _chosen(txs, stores)
+    flows = lf.group_by("store_id", "store_name", _period_of(window, every)).agg(
+        _of_type("sale").sum().cast(pl.Int64).alias("sales"),
+        _money_sum(pl.col("amount").filter(_of_type("sale"))).alias("sales_amount"),
+        _of_type("reload").sum().cast(pl.Int64).alias("reloads"),
+        _money_sum(pl.col("amount").filter(_of_type("reload"))).alias("reloads_amount"),
+        _of_type("redeem").sum().cast(pl.Int64).alias("redemptions"),
+        _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redemptions_amount"),
+        _money_sum(_SIGNED).alias("net"),
+    )
+    flows_df, bounds_df = pl.collect_all([flows, _bounds(txs, window)], engine=ENGINE)
+    first, last = bounds_df.row(0)
+    columns = {**_PERIOD_COLUMNS, **_STORE_COLUMNS}
+    start = window.since if window.since is not None else first
+    if first is None or start >= window.stop(last):
+        return pl.DataFrame(schema={**columns, **flows_df.select(_FLOW_SUMS).schema})
+    stop = window.stop(last)
+    periods = _periods(
+        window.day(start), window.day(stop - timedelta(microseconds=1)), every, window
+    )
+    # A flow's period is whole when the data (or window) covers it from start to end.
+    whole = pl.col("_to") <= stop
+    if window.since is not None:
+        whole &= pl.col("_from") >= window.since
+    periods = periods.with_columns(whole.alias("complete"))
+    per_store = (
+        _stores(txs, flows_df, chosen, by)
+        .join(periods, how="cross")
+        .join(flows_df.drop("store_name"), on=["store_id", "period_start"], how="left")
+        .with_columns(pl.col(_FLOW_SUMS).fill_null(0))
+        .with_columns(pl.col("^.*_amount$", "net").cast(MONEY))
+        .select(*columns, *_FLOW_SUMS)
+    )
+    return _split(per_store, list(_PERIOD_COLUMNS), _FLOW_SUMS, by, chosen)
+
+
+def daily_summary(
+    txs: Frame,
+    tz: str = "UTC",
+    *,
+    stores: Stores = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+) -> pl.DataFrame:
+    """:func:`summary` per store and day (in ``tz``), without total rows, each day
+    labelled ``day``: columns ``store_id``, ``store_name``, ``day``, ``sales``,
+    ``sales_amount``, ``reloads``, ``reloads_amount``, ``redemptions``,
+    ``redemptions_amount``, ``net``."""
+    per_day = summary(txs, "1d", tz=tz, stores=stores, by="store", since=since, until=until)
+    return (
+        per_day.filter(pl.col("store_id") != ALL_STORES)
+        .select("store_id", "store_name", pl.col("period_start").alias("day"), *_FLOW_SUMS)
         .sort("store_id", "day")
-        .collect(engine=ENGINE)
     )
 
 
-def _cards(lf: pl.LazyFrame) -> pl.LazyFrame:
-    """Per card: its home store (where it was first seen: for a card sold in the window,
-    the store that sold it), what it held before that first transaction, and its last
-    balance and use. No sort of the whole frame: each is picked by ``arg_min``/``arg_max``."""
-    first, last = pl.col("at").arg_min(), pl.col("at").arg_max()
-    return lf.group_by("card").agg(
-        pl.col("store_id").get(first).alias("home_store_id"),
-        pl.col("store_name").get(first).alias("home_store_name"),
-        pl.col("previous_balance").get(first).alias("opening"),
-        pl.col("new_balance").get(last).alias("balance"),
-        pl.col("at").max().alias("last_used"),
-    )
+# ------------------------------------------------------------- following cards
 
 
-def liability(txs: Frame, every: str = "1d") -> pl.DataFrame:
+def liability(
+    txs: Frame,
+    every: str = "1d",
+    *,
+    as_of: date | datetime | None = None,
+    tz: str = "UTC",
+    stores: Stores = None,
+    by: str | None = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+) -> pl.DataFrame:
     """Outstanding balance (what the cards still hold) at the end of each period.
 
-    Per card's home store (where it was sold), and in total (``store_id == "*"``). The
-    window's opening liability is what its cards held before their first transaction in
-    it (``previous_balance``); a card with no transaction in the window is not seen, so
-    for the whole liability pass the whole history (``frames.fetch`` does by default).
-    Columns: ``period`` (start of the period), ``store_id``, ``store_name``, ``liability``.
+    Follows cards: each counts at its home store (``stores=``, ``by="store"``), from its
+    whole history, whatever the window. The value of a period is as at the end of its
+    ``period_end`` day in ``tz`` (for an incomplete period: at the end of the data, or of
+    ``as_of`` / ``until``). What a card held before its first transaction in the data
+    (``previous_balance``) counts from the start, so a history fetched from some date on
+    still starts right; a card with no transaction in it at all is not seen, so pass the
+    whole history (``frames.fetch`` does by default). Columns: ``period_start``,
+    ``period_end`` (dates, inclusive), ``complete`` (false when the period had not ended
+    where the data or window stops), ``store_id``, ``store_name`` (``"*"`` for the total),
+    ``liability``.
     """
-    lf = _lazy(txs).select("store_id", "store_name", "at", "previous_balance", "new_balance", _CARD)
-    cards = _cards(lf)
-    opening = cards.group_by("home_store_id").agg(_money_sum(pl.col("opening")))
+    _check_every(every)
+    _check_by(by)
+    window = _window(tz, since, until, as_of)
+    lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
+    chosen = _chosen(txs, stores)
+    per_card = _card_rows(
+        lf, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
+    )
+    opening = per_card.group_by("home_store_id", "home_store_name").agg(
+        _money_sum(pl.col("opening_balance")).alias("opening"),
+        pl.col("gap", "part_way").sum(),
+    )
     changes = (
-        lf.join(cards.select("card", "home_store_id", "home_store_name"), on="card")
-        .group_by(
-            "home_store_id", "home_store_name", pl.col("at").dt.truncate(every).alias("period")
-        )
+        lf.join(per_card.select("card", "home_store_id"), on="card")
+        .group_by("home_store_id", _period_of(window, every))
         .agg(_money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change"))
     )
-    bounds = lf.select(pl.col("at").min().alias("first"), pl.col("at").max().alias("last"))
-    collected, opening_df, bounds_df = pl.collect_all([changes, opening, bounds], engine=ENGINE)
-    if collected.is_empty():
-        return pl.DataFrame(
-            schema={
-                "period": pl.Datetime("us", "UTC"),
-                "store_id": pl.String,
-                "store_name": pl.String,
-                "liability": MONEY,
-            }
-        )
-    periods = pl.datetime_range(
-        bounds_df["first"].dt.truncate(every)[0],
-        bounds_df["last"].dt.truncate(every)[0],
-        interval=every,
-        time_zone="UTC",
-        eager=True,
-    ).alias("period")
-    stores = collected.select("home_store_id", "home_store_name").unique()
+    changes_df, opening_df, bounds_df = pl.collect_all(
+        [changes, opening, _bounds(txs, window)], engine=ENGINE
+    )
+    first, last = bounds_df.row(0)
+    opening_df = _warn_partial(opening_df)
+    columns: dict[str, Any] = {**_PERIOD_COLUMNS, **_STORE_COLUMNS, "liability": MONEY}
+    if first is None or (window.since is not None and window.since >= window.stop(last)):
+        return pl.DataFrame(schema=columns)
+    stop = window.stop(last)
+    periods = _periods(
+        window.day(first), window.day(stop - timedelta(microseconds=1)), every, window
+    )
+    found = opening_df.rename({"home_store_id": "store_id", "home_store_name": "store_name"})
     per_store = (
-        stores.join(periods.to_frame(), how="cross")
-        .join(collected, on=["home_store_id", "home_store_name", "period"], how="left")
-        .join(opening_df, on="home_store_id", how="left")
-        .sort("home_store_id", "period")
-        .select(
-            "period",
-            pl.col("home_store_id").alias("store_id"),
-            pl.col("home_store_name").alias("store_name"),
+        _stores(txs, found, chosen, by)
+        .join(periods, how="cross")
+        .join(
+            changes_df.rename({"home_store_id": "store_id"}),
+            on=["store_id", "period_start"],
+            how="left",
+        )
+        .join(found.drop("store_name"), on="store_id", how="left")
+        .sort("store_id", "period_start")
+        .with_columns(
             (
-                pl.col("change").fill_null(0).cum_sum().over("home_store_id")
+                pl.col("change").fill_null(0).cum_sum().over("store_id")
                 + pl.col("opening").fill_null(0)
             )
             .cast(MONEY)
             .alias("liability"),
+            (pl.col("_to") <= stop).alias("complete"),
         )
     )
-    total = per_store.group_by("period").agg(_money_sum(pl.col("liability")).alias("liability"))
-    total = total.select(
-        "period",
-        pl.lit(ALL_STORES).alias("store_id"),
-        pl.lit("All stores").alias("store_name"),
-        "liability",
-    )
-    return pl.concat([per_store, total]).sort("store_id", "period")
+    if window.since is not None:
+        per_store = per_store.filter(pl.col("_to") > window.since)
+    per_store = per_store.select(*columns)
+    return _split(per_store, list(_PERIOD_COLUMNS), ["liability"], by, chosen)
 
 
-def redemption_curve(txs: Frame, horizon_days: int = 84, step_days: int = 7) -> pl.DataFrame:
-    """By activation week: the share of loaded value redeemed within N days of activation.
+def redemption_curve(
+    txs: Frame,
+    horizon_days: int = 84,
+    step_days: int = 7,
+    *,
+    cohort: str = "1w",
+    as_of: date | datetime | None = None,
+    tz: str = "UTC",
+    stores: Stores = None,
+    by: str | None = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+) -> pl.DataFrame:
+    """By cohort of activation: the share of loaded value redeemed within N days.
 
-    A card's activation is its ``sale``; loads are its sale and reloads. For each cohort
-    (cards activated in one ISO week) and N in 0, ``step_days``, ... ``horizon_days``:
-    ``share = redeemed within N days / loaded within N days``. Cohorts younger than N days
-    at the end of the data get no value for N (their curve is not known that far yet).
+    Follows cards: a card's activation is its sale, its cohort the week (``cohort="1w"``,
+    from Monday) or month (``"1mo"``) of that sale in ``tz``, and it counts at its home
+    store (the selling one). ``since`` / ``until`` choose the cohorts by sale time; each
+    card is then followed to the end of the data (or ``as_of``). Loads are its sale and
+    reloads. For each N in 0, ``step_days``, ... ``horizon_days``:
+    ``share = redeemed within N days / loaded within N days``; a cohort whose youngest
+    card is not N days old at the end of the data has no row for N (not known yet).
+    Columns: ``store_id``, ``store_name`` (``"*"`` for the total), ``cohort_start``,
+    ``cohort_end`` (dates, inclusive), ``days`` (N), ``cards`` (in the cohort), ``loaded``,
+    ``redeemed`` (money, cumulative to N), ``share`` (float, null when nothing was loaded).
     """
-    lf = _lazy(txs).with_columns(_CARD)
-    activation = (
-        lf.filter(_of_type("sale")).group_by("card").agg(pl.col("at").min().alias("activated"))
+    _check_every(cohort, "cohort")
+    _check_by(by)
+    window = _window(tz, since, until, as_of)
+    lf = _read(txs, window.as_of).select(
+        "store_id",
+        "store_name",
+        "type",
+        "at",
+        "amount",
+        "previous_balance",
+        "new_balance",
+        "card",
+        "home_key",
     )
-    data_end = lf.select(pl.col("at").max().alias("data_end"))
+    chosen = _chosen(txs, stores)
+    activated = pl.col("sold_at")
+    in_window = activated.is_not_null()
+    if window.since is not None:
+        in_window &= activated >= window.since
+    if window.until is not None:
+        in_window &= activated < window.until
+    per_card = (
+        _card_rows(lf, "home_store_id", "home_store_name", "sold_at", "gap")
+        .filter(in_window)
+        .with_columns(_period_of(window, cohort, "sold_at").alias("cohort_start"))
+    )
     per_tx = (
-        lf.join(activation, on="card", how="inner")
-        .with_columns(
-            pl.col("activated").dt.truncate("1w").dt.date().alias("activation_week"),
-            ((pl.col("at") - pl.col("activated")).dt.total_seconds() / 86400).alias("age"),
-        )
+        lf.join(per_card.select("card", "home_store_id", "sold_at", "cohort_start"), on="card")
+        .with_columns(((pl.col("at") - activated).dt.total_seconds() / 86400).alias("age"))
         .filter(pl.col("age") <= horizon_days)
         # The first N of the grid whose window holds the transaction (age <= N).
         .with_columns(((pl.col("age") / step_days).ceil() * step_days).cast(pl.Int64).alias("days"))
+        .group_by("home_store_id", "cohort_start", "days")
+        .agg(
+            _money_sum(pl.col("amount").filter(~_of_type("redeem"))).alias("loaded"),
+            _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redeemed"),
+        )
     )
-    cohort = per_tx.group_by("activation_week").agg(
-        pl.col("card").n_unique().cast(pl.Int64).alias("cards"),
-        pl.col("activated").max().alias("youngest"),
+    cohorts = per_card.group_by("home_store_id", "home_store_name", "cohort_start").agg(
+        pl.len().cast(pl.Int64).alias("cards"),
+        activated.max().alias("youngest"),
+        pl.col("gap").sum(),
     )
-    per_step = per_tx.group_by("activation_week", "days").agg(
-        _money_sum(pl.col("amount").filter(~_of_type("redeem"))).alias("loaded"),
-        _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redeemed"),
-    )
-    grid = pl.LazyFrame(
+    data_end = lf.select(pl.col("at").max())
+    steps_df, cohorts_df, end_df = pl.collect_all([per_tx, cohorts, data_end], engine=ENGINE)
+    cohorts_df = _warn_partial(cohorts_df)
+    columns: dict[str, Any] = {
+        **_STORE_COLUMNS,
+        "cohort_start": pl.Date,
+        "cohort_end": pl.Date,
+        "days": pl.Int64,
+        "cards": pl.Int64,
+        "loaded": MONEY,
+        "redeemed": MONEY,
+    }
+    if cohorts_df.is_empty():
+        return pl.DataFrame(schema={**columns, "share": pl.Float64})
+    known = window.as_of if window.as_of is not None else end_df.item()
+    cohorts_df = cohorts_df.rename({"home_store_id": "store_id", "home_store_name": "store_name"})
+    grid = pl.DataFrame(
         {"days": list(range(0, horizon_days + 1, step_days))}, schema={"days": pl.Int64}
     )
-    return (
-        cohort.join(grid, how="cross")
-        .join(per_step, on=["activation_week", "days"], how="left")
-        .sort("activation_week", "days")
+    per_store = (
+        _keep(cohorts_df, chosen)
+        .join(grid, how="cross")
+        .join(
+            steps_df.rename({"home_store_id": "store_id"}),
+            on=["store_id", "cohort_start", "days"],
+            how="left",
+        )
+        .sort("store_id", "cohort_start", "days")
         .with_columns(
-            pl.col(name).fill_null(0).cum_sum().over("activation_week").cast(MONEY)
+            pl.col(name).fill_null(0).cum_sum().over("store_id", "cohort_start").cast(MONEY)
             for name in ("loaded", "redeemed")
         )
-        .join(data_end, how="cross")
-        .filter(
-            (pl.col("data_end") - pl.col("youngest")).dt.total_seconds() / 86400 >= pl.col("days")
+        .with_columns(
+            pl.col("cohort_start").dt.offset_by(cohort).dt.offset_by("-1d").alias("cohort_end")
         )
+    )
+    # A row is known when the cohort's youngest card (in that store, or in any) is N days old.
+    youngest = per_store.select("store_id", "cohort_start", "youngest").unique()
+    youngest = pl.concat(
+        [
+            youngest,
+            youngest.group_by("cohort_start")
+            .agg(pl.lit(ALL_STORES).alias("store_id"), pl.col("youngest").max())
+            .select(youngest.columns),
+        ]
+    )
+    keys = ["cohort_start", "cohort_end", "days"]
+    return (
+        _split(per_store.select(*columns), keys, ["cards", "loaded", "redeemed"], by, chosen)
+        .join(youngest, on=["store_id", "cohort_start"])
+        .filter((pl.lit(known) - pl.col("youngest")).dt.total_seconds() / 86400 >= pl.col("days"))
         .select(
-            "activation_week",
-            "days",
-            "cards",
-            "loaded",
-            "redeemed",
+            *columns,
             pl.when(pl.col("loaded") > 0)
             .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
             .alias("share"),
         )
-        .sort("activation_week", "days")
-        .collect(engine=ENGINE)
+        .sort("store_id", "cohort_start", "days")
     )
 
 
@@ -212,53 +777,126 @@ BREAKAGE_BUCKETS = [
     (181, 365, "181-365 days"),
     (366, None, "over 365 days"),
 ]
+_BUCKET = pl.Enum([name for _, _, name in BREAKAGE_BUCKETS])
 
 
-def breakage(txs: Frame, as_of: date | datetime, dormant_days: int = 365) -> pl.DataFrame:
+def breakage(
+    txs: Frame,
+    as_of: date | datetime | None = None,
+    dormant_days: int = 365,
+    *,
+    tz: str = "UTC",
+    stores: Stores = None,
+    by: str | None = None,
+) -> pl.DataFrame:
     """Balances by how long their cards have been idle, and the estimated breakage.
 
     The rule: a balance whose card has had no transaction for ``dormant_days`` or more
-    as of ``as_of`` is presumed never to be redeemed and counts in full as breakage;
-    any younger balance counts nothing. Cards holding nothing are left out. Columns:
-    ``idle`` (bucket), ``cards``, ``balance``, ``breakage``, in bucket order.
+    at the end of ``as_of`` (a date: the end of that day in ``tz``; default: the last
+    transaction) is presumed never to be redeemed and counts in full as breakage; any
+    younger balance counts nothing. Follows cards: each counts at its home store
+    (``stores=``, ``by="store"``), from its whole history. Cards holding nothing are left
+    out. Columns: ``store_id``, ``store_name`` (``"*"`` for the total), ``idle`` (bucket of
+    days since the card's last use), ``cards``, ``balance`` (what they hold),
+    ``breakage`` (the part counted as breakage), in bucket order.
     """
-    moment = (
-        as_of
-        if isinstance(as_of, datetime)
-        else datetime(as_of.year, as_of.month, as_of.day, 23, 59, 59, tzinfo=UTC)
-    )
-    idle_days = (pl.lit(moment) - pl.col("last_used")).dt.total_days()
+    _check_by(by)
+    window = _window(tz, as_of=as_of)
+    lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
+    chosen = _chosen(txs, stores)
+    # Idle as at the end of ``as_of``, else as at the last transaction.
+    moment = pl.lit(window.as_of) if window.as_of is not None else pl.col("last_used").max()
+    idle_days = (moment - pl.col("last_used")).dt.total_days()
     bucket = pl.lit(BREAKAGE_BUCKETS[-1][2])
     for low, high, name in reversed(BREAKAGE_BUCKETS[:-1]):
-        bucket = (
-            pl.when(pl.col("idle_days").is_between(low, high)).then(pl.lit(name)).otherwise(bucket)
+        bucket = pl.when(idle_days.is_between(low, high)).then(pl.lit(name)).otherwise(bucket)
+    holding = pl.col("balance") > 0
+    per_store = (
+        _card_rows(
+            lf, "home_store_id", "home_store_name", "balance", "last_used", "gap", "part_way"
         )
-    order = pl.Enum([name for _, _, name in BREAKAGE_BUCKETS])
-    cards = (
-        _cards(_lazy(txs).filter(pl.col("at") <= moment).with_columns(_CARD))
-        .filter(pl.col("balance") > 0)
-        .with_columns(idle_days.alias("idle_days"))
-        .with_columns(bucket.cast(order).alias("idle"))
-    )
-    summary = cards.group_by("idle").agg(
-        pl.len().cast(pl.Int64).alias("cards"),
-        _money_sum(pl.col("balance")).alias("balance"),
-        _money_sum(pl.col("balance").filter(pl.col("idle_days") >= dormant_days)).alias("breakage"),
-    )
-    every_bucket = pl.LazyFrame(
-        {"idle": [name for _, _, name in BREAKAGE_BUCKETS]}, schema={"idle": order}
-    )
-    return (
-        every_bucket.join(summary, on="idle", how="left")
-        .select(
-            "idle",
-            pl.col("cards").fill_null(0),
-            pl.col("balance").fill_null(0).cast(MONEY),
-            pl.col("breakage").fill_null(0).cast(MONEY),
+        .with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
+        .group_by("home_store_id", "home_store_name", "idle")
+        .agg(
+            holding.sum().cast(pl.Int64).alias("cards"),
+            _money_sum(pl.col("balance").filter(holding)).alias("balance"),
+            _money_sum(
+                pl.col("balance").filter(holding & (pl.col("idle_days") >= dormant_days))
+            ).alias("breakage"),
+            pl.col("gap", "part_way").sum(),
         )
-        .sort("idle")
+        .rename({"home_store_id": "store_id", "home_store_name": "store_name"})
         .collect(engine=ENGINE)
     )
+    per_store = _warn_partial(per_store)
+    buckets = pl.DataFrame(
+        {"idle": [name for _, _, name in BREAKAGE_BUCKETS]}, schema={"idle": _BUCKET}
+    )
+    sums = ["cards", "balance", "breakage"]
+    rows = (
+        _stores(txs, per_store, chosen, by)
+        .join(buckets, how="cross")
+        .join(per_store.drop("store_name"), on=["store_id", "idle"], how="left")
+        .with_columns(pl.col(sums).fill_null(0))
+        .with_columns(pl.col("balance", "breakage").cast(MONEY))
+    )
+    return _split(rows, ["idle"], sums, by, chosen)
+
+
+def cross_store(
+    txs: Frame,
+    *,
+    as_of: date | datetime | None = None,
+    tz: str = "UTC",
+    stores: Stores = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+) -> pl.DataFrame:
+    """Redemptions by the card's home store and the store that redeemed them.
+
+    The redemptions in the window (``since`` / ``until``) count; each card's home store
+    (where it was sold) comes from its whole history. ``stores=`` keeps cards of those home
+    stores. Columns: ``home_store_id``, ``home_store_name``, ``store_id``, ``store_name``
+    (where redeemed), ``away`` (true when the two differ), ``redemptions`` (count),
+    ``redeemed`` (money), ``share`` (of the home store's redeemed value, float).
+    """
+    window = _window(tz, since, until, as_of)
+    lf = _read(txs, window.cut)
+    chosen = _chosen(txs, stores)
+    homes = _card_rows(lf, "home_store_id", "home_store_name", "gap", "part_way")
+    redeems = lf.filter(_of_type("redeem"))
+    if window.since is not None:
+        redeems = redeems.filter(pl.col("at") >= window.since)
+    pairs = (
+        redeems.select("card", "store_id", "store_name", "amount")
+        .join(homes.select("card", "home_store_id", "home_store_name"), on="card")
+        .group_by("home_store_id", "home_store_name", "store_id", "store_name")
+        .agg(
+            pl.len().cast(pl.Int64).alias("redemptions"),
+            _money_sum(pl.col("amount")).alias("redeemed"),
+        )
+    )
+    partial = homes.select(pl.col("gap", "part_way").sum())
+    pairs_df, partial_df = pl.collect_all([pairs, partial], engine=ENGINE)
+    _warn_partial(partial_df)
+    if chosen is not None:
+        pairs_df = pairs_df.filter(pl.col("home_store_id").is_in(chosen["store_id"].to_list()))
+    home_total = pl.col("redeemed").sum().over("home_store_id").cast(pl.Float64)
+    return pairs_df.select(
+        "home_store_id",
+        "home_store_name",
+        "store_id",
+        "store_name",
+        (pl.col("home_store_id") != pl.col("store_id")).alias("away"),
+        "redemptions",
+        "redeemed",
+        pl.when(home_total > 0)
+        .then(pl.col("redeemed").cast(pl.Float64) / home_total)
+        .alias("share"),
+    ).sort("home_store_id", "store_id")
+
+
+# ------------------------------------------------------------------- anomalies
 
 
 def anomalies(
@@ -269,8 +907,12 @@ def anomalies(
     cycle_hours: int = 24,
     min_cycles: int = 2,
     cycle_ratio: float = 0.9,
+    stores: Stores = None,
+    since: date | datetime | None = None,
+    until: date | datetime | None = None,
+    tz: str = "UTC",
 ) -> pl.DataFrame:
-    """Transactions worth a look, each with a ``reason``:
+    """Transactions worth a look: the transaction frame's columns and a ``reason``:
 
     * ``redeemed at another store soon after sale``: a redeem within
       ``cross_store_minutes`` of the card's sale, at a store other than the selling one;
@@ -279,10 +921,14 @@ def anomalies(
     * ``reload-redeem cycling``: on a card, ``min_cycles`` or more reloads each followed
       (within ``cycle_hours``) by a redeem of at least ``cycle_ratio`` of the reload.
 
-    A transaction flagged for several reasons appears once per reason.
+    The rules read each card's whole history; ``stores=`` (where the flagged transaction
+    happened) and ``since`` / ``until`` then choose which flags are shown. A transaction
+    flagged for several reasons appears once per reason.
     """
+    window = _window(tz, since, until)
     full = _lazy(txs).with_row_index("row")
     columns = list(_lazy(txs).collect_schema().names())
+    chosen = _chosen(txs, stores)
     # Flags are found on a narrow frame ordered by card and time; the flagged rows are then
     # looked up in the full one (so no sort ever moves the string columns).
     narrow = full.select("row", _CARD, "type", "at", "amount", "store_id").sort("card", "at", "row")
@@ -297,7 +943,7 @@ def anomalies(
         "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
     )
     redeems = narrow.filter(_of_type("redeem"))
-    cross_store = redeems.join(sales, on="card", how="inner").filter(
+    cross = redeems.join(sales, on="card", how="inner").filter(
         (pl.col("store_id") != pl.col("sale_store"))
         & (pl.col("at") >= pl.col("sold_at"))
         & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
@@ -330,22 +976,29 @@ def anomalies(
     )
     flags = pl.concat(
         [
-            flag(cross_store, "redeemed at another store soon after sale"),
+            flag(cross, "redeemed at another store soon after sale"),
             flag(rapid, "many redemptions in an hour"),
             flag(cycling, "reload-redeem cycling"),
         ]
     )
     return (
-        flags.join(full, on="row", how="inner")
+        _within(flags.join(full, on="row", how="inner"), chosen, window)
         .select(*columns, "reason")
         .sort("at", "host_ref", "reason")
         .collect(engine=ENGINE)
     )
 
 
-def reconcile(batches: Frame, txs: Frame) -> pl.DataFrame:
+def reconcile(batches: Frame, txs: Frame, *, stores: Stores = None) -> pl.DataFrame:
     """Per batch, the totals the server reported beside those recomputed from its
-    transactions, with ``matches`` false where any differ."""
+    transactions, with ``matches`` false where any differ.
+
+    ``stores=`` keeps those stores' batches. Columns: ``store_id``, ``store_name``,
+    ``batch_id``, ``status``, ``opened_at``; each reported total beside its recomputed one
+    (``transaction_count`` / ``computed_count``, ``sold``, ``reloaded``, ``redeemed``,
+    ``net`` / ``computed_*``); ``net_difference`` (reported - computed); ``matches``.
+    """
+    chosen = _chosen(batches, stores)
     computed = (
         _lazy(txs)
         .group_by("store_id", "batch_id")
@@ -364,9 +1017,13 @@ def reconcile(batches: Frame, txs: Frame) -> pl.DataFrame:
         ("redeemed", "computed_redeemed"),
         ("net", "computed_net"),
     ]
+    chosen_batches = _lazy(batches)
+    if chosen is not None:
+        chosen_batches = chosen_batches.filter(
+            pl.col("store_id").is_in(chosen["store_id"].to_list())
+        )
     return (
-        _lazy(batches)
-        .join(computed, on=["store_id", "batch_id"], how="left")
+        chosen_batches.join(computed, on=["store_id", "batch_id"], how="left")
         .with_columns(
             pl.col("computed_count").fill_null(0),
             *[pl.col(c).fill_null(0).cast(MONEY) for _, c in pairs[1:]],

@@ -73,7 +73,12 @@ def synthetic_transactions(
         "{}-0000-4000-8000-000000000000", pl.col("store").cast(pl.String).str.zfill(8)
     )
     out = (
-        frame.with_columns(signed.cum_sum().over("card").alias("new"))
+        # A card's transactions in its balance order; ties in time spread by microseconds,
+        # so that every card has one first and one last transaction.
+        frame.with_columns(
+            signed.cum_sum().over("card").alias("new"),
+            pl.int_range(pl.len()).over("card").alias("tie"),
+        )
         .sort("seconds")
         .with_row_index("row")
         .select(
@@ -88,7 +93,9 @@ def synthetic_transactions(
             pl.col("card").hash(seed).cast(pl.String).str.slice(0, 16).alias("card_ref"),
             *[(expr.cast(pl.Int64) / 100).cast(frames.MONEY).alias(name) for name, expr in money],
             pl.lit("POS").alias("pos_ref"),
-            (pl.lit(START) + pl.duration(seconds=pl.col("seconds"))).alias("at"),
+            (
+                pl.lit(START) + pl.duration(seconds=pl.col("seconds"), microseconds=pl.col("tie"))
+            ).alias("at"),
             pl.lit("demo").alias("username"),
         )
     )
