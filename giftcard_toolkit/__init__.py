@@ -33,6 +33,7 @@ except importlib.metadata.PackageNotFoundError:  # run from a folder, not instal
 # bulk``, ``from giftcard_toolkit import frames``), loaded only when asked for: the client
 # alone needs no widgets, polars or matplotlib.
 _WINGS = {
+    "accounting": "giftcard_toolkit.analysis.accounting",
     "analytics": "giftcard_toolkit.analysis.analytics",
     "frames": "giftcard_toolkit.analysis.frames",
     "plots": "giftcard_toolkit.analysis.plots",
