@@ -1,13 +1,21 @@
 """The ``giftcard-toolkit`` console script: each command a thin layer over a Python function.
 
-giftcard-toolkit serve [--host 127.0.0.1] [--port 8800] [--db PATH] [--seed demo]
-                       [--seed-number N] [--card-stock PATH] [--as-of DATE] [--tz ZONE]
+giftcard-toolkit serve [--host 127.0.0.1] [--port 8800] [--db PATH] [--seed demo|chain]
+                       [--stores N --days D] [--seed-number N] [--card-stock PATH]
+                       [--as-of DATE] [--tz ZONE]
                        [--max-body BYTES] [--certfile PEM [--keyfile PEM]]
 giftcard-toolkit admin --db PATH add-store --name NAME [--address TEXT] [--id GUID]
+                                           [--jurisdiction US-NY]
+giftcard-toolkit admin --db PATH set-jurisdiction --store GUID --jurisdiction US-NY
 giftcard-toolkit admin --db PATH add-user NAME --store GUID [--store GUID ...]
+                                          [--role clerk|analyst] [--max-amount AMOUNT|none]
                                           [--password-stdin]
+giftcard-toolkit admin --db PATH list-users
 giftcard-toolkit admin --db PATH issue-cards --store GUID --count N --out stock.csv
 giftcard-toolkit admin --db PATH stores
+giftcard-toolkit console [--host 127.0.0.1] [--port 8866] [--demo [--sign-in]] [--audit-log PATH]
+                         [--idle-minutes 15] [--token TOKEN | --no-token
+                         [--i-know-this-is-unprotected]] [--certfile PEM --keyfile PEM]
 giftcard-toolkit bulk FILE [--dry-run] [--journal PATH] [--audit-log PATH] [--concurrency N]
 """
 
@@ -23,6 +31,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import date, datetime, tzinfo
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -78,6 +87,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
+    from giftcard_toolkit.server.seed import DEMO, chain
+
+    try:
+        shape = chain(args.stores, args.days) if args.seed == "chain" else DEMO
+    except ValueError as bad:
+        raise SystemExit(f"--seed chain: {bad}") from None
     serve(
         host=args.host,
         port=args.port,
@@ -91,6 +106,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         certfile=args.certfile,
         keyfile=args.keyfile,
+        shape=shape,
     )
     return 0
 
@@ -101,15 +117,28 @@ def _demo(args: argparse.Namespace) -> int:
     print("running the notebooks against a seeded demo server...", flush=True)
     try:
         reports = demo.run(args.out)
-    except demo.NothingToRun as nothing:
-        raise SystemExit(f"error: {nothing}") from None
+    except (demo.NothingToRun, demo.CellFailed) as failed:
+        raise SystemExit(f"error: {failed}") from None
     for report in reports:
         figures = f", {len(report.figures)} figure(s)" if report.figures else ""
         print(f"  {report.notebook:22} {report.seconds:5.1f} s  -> {report.html}{figures}")
     print("demo data:")
     for name, value in demo.summary().items():
         print(f"  {name:22} {value}")
-    print(f"reports are in {Path(args.out).resolve()}")
+    print(f"reports are in {Path(args.out).resolve()} (start with index.html)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from giftcard_toolkit import demo, reports
+
+    given = dict(args.parameter)
+    try:
+        done = reports.run(args.notebook, given, args.out, use_demo=args.demo)
+    except (reports.BadParameters, demo.NothingToRun, demo.CellFailed) as failed:
+        raise SystemExit(f"error: {failed}") from None
+    figures = f", {len(done.figures)} figure(s)" if done.figures else ""
+    print(f"{done.notebook} ran in {done.seconds:.1f} s{figures}: {done.html.resolve()}")
     return 0
 
 
@@ -146,12 +175,40 @@ def _add_store(args: argparse.Namespace) -> int:
             raise SystemExit(f"{option} {problem}; nothing was changed")
     if not args.name.strip():
         raise SystemExit("--name must not be blank; nothing was changed")
+    jurisdiction = _jurisdiction(args.jurisdiction)
     ledger = _ledger(args)
     try:
-        store = ledger.add_store(args.name, args.address, args.id)
+        store = ledger.add_store(args.name, args.address, args.id, jurisdiction)
     finally:
         ledger.close()
-    print(f"store {store.id} {store.name!r}")
+    where = f" in {store.jurisdiction}" if store.jurisdiction else ""
+    print(f"store {store.id} {store.name!r}{where}")
+    return 0
+
+
+def _jurisdiction(text: str) -> str:
+    """``--jurisdiction`` as stored (capitals), or a refusal that says what to give."""
+    from giftcard_toolkit.rules import JURISDICTION, JURISDICTION_EXAMPLE
+
+    code = text.strip().upper()
+    if code and not JURISDICTION.match(code):
+        raise SystemExit(
+            f"--jurisdiction {text!r} is not an ISO 3166 code: give a country or a subdivision, "
+            f"e.g. {JURISDICTION_EXAMPLE} or US-CA; nothing was changed"
+        )
+    return code
+
+
+def _set_jurisdiction(args: argparse.Namespace) -> int:
+    jurisdiction = _jurisdiction(args.jurisdiction)
+    ledger = _ledger(args)
+    try:
+        store = ledger.set_jurisdiction(args.store.lower(), jurisdiction)
+    except ValueError as refused:
+        raise SystemExit(f"{refused}; nothing was changed") from None
+    finally:
+        ledger.close()
+    print(f"store {store.id} {store.name!r} in {store.jurisdiction or '(no jurisdiction)'}")
     return 0
 
 
@@ -191,19 +248,66 @@ def _read_password(from_stdin: bool) -> str:
     return password
 
 
+_ROLE_WORDS = "clerk (every endpoint: the default) or analyst (read only)"
+
+
+def _max_amount(text: str | None) -> Decimal | None:
+    """``--max-amount``: an amount, or ``none`` for no limit of the user's own."""
+    from giftcard_toolkit.rules import is_money_amount
+
+    if text is None or text.strip().lower() == "none":
+        return None
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        amount = Decimal("NaN")
+    if not is_money_amount(amount):
+        raise SystemExit(
+            f"--max-amount {text!r} must be a positive amount with at most 2 decimals, e.g. "
+            "250.00, or none for no limit of the user's own; nothing was changed"
+        )
+    return amount
+
+
 def _add_user(args: argparse.Namespace) -> int:
     from giftcard_toolkit.server import hash_password
+    from giftcard_toolkit.server.ledger import ROLES
 
+    if args.role is not None and args.role not in ROLES:
+        raise SystemExit(
+            f"unknown role {args.role!r}: the roles are {_ROLE_WORDS}; nothing was changed"
+        )
+    limit = _max_amount(args.max_amount)
     ledger = _ledger(args)
     try:
         stores = [s.lower() for s in args.store]
         unknown = [s for s in stores if ledger.store(s) is None]
         if unknown:
             raise SystemExit(f"unknown store id(s) {', '.join(unknown)}: see 'admin stores'")
-        ledger.put_user(args.username, hash_password(_read_password(args.password_stdin)), stores)
+        existing = ledger.user_record(args.username)  # a reset keeps what is not given
+        role = args.role or (existing.role if existing else "clerk")
+        if args.max_amount is None and existing is not None:
+            limit = existing.max_amount
+        password = hash_password(_read_password(args.password_stdin))
+        ledger.put_user(args.username, password, stores, role=role, max_amount=limit)
     finally:
         ledger.close()
-    print(f"user {args.username!r} may act for {len(stores)} store(s)")
+    own = f"up to {limit:,.2f} per sale, reload or redemption" if limit else "no limit of its own"
+    print(f"user {args.username!r} ({role}, {own}) may act for {len(stores)} store(s)")
+    return 0
+
+
+def _list_users(args: argparse.Namespace) -> int:
+    """Name, role, own limit and stores of every user: never a password hash."""
+    ledger = _ledger(args)
+    try:
+        names = {s.id: s.name for s in ledger.stores()}
+        for account in ledger.accounts():
+            limit = "none" if account.max_amount is None else f"{account.max_amount:,.2f}"
+            stores = ", ".join(names.get(s, s) for s in account.stores) or "(none)"
+            print(f"{account.username}  role {account.role}  limit {limit}  stores: {stores}")
+    finally:
+        ledger.close()
     return 0
 
 
@@ -313,7 +417,8 @@ def _stores(args: argparse.Namespace) -> int:
     ledger = _ledger(args)
     try:
         for store in ledger.stores():
-            print(f"{store.id}  {store.name}  {store.address}")
+            where = store.jurisdiction or "(no jurisdiction)"
+            print(f"{store.id}  {store.name}  {store.address}  {where}")
     finally:
         ledger.close()
     return 0
@@ -363,6 +468,37 @@ def _bulk(args: argparse.Namespace) -> int:
     return 0 if outcome.clean else 1
 
 
+def _console(args: argparse.Namespace) -> int:
+    from giftcard_toolkit import apps
+
+    if args.card_stock and not args.demo:
+        raise SystemExit("error: --card-stock goes with --demo (the demo's cards)")
+    if args.idle_minutes <= 0:
+        raise SystemExit("error: --idle-minutes must be above zero (default 15)")
+    try:
+        protection = apps.Protection.for_host(
+            args.host,
+            token=args.token,
+            no_token=args.no_token,
+            unprotected_ok=args.i_know_this_is_unprotected,
+            certfile=args.certfile,
+            keyfile=args.keyfile,
+        )
+    except ValueError as refused:
+        raise SystemExit(f"error: {refused}") from None
+    apps.serve_console(
+        host=args.host,
+        port=args.port,
+        demo=args.demo,
+        audit_log=args.audit_log,
+        card_stock=args.card_stock,
+        protection=protection,
+        idle_minutes=args.idle_minutes,
+        sign_in=args.sign_in,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="giftcard-toolkit", description="POSPointe GiftCard toolkit and embedded server."
@@ -377,7 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--db",
         help="SQLite file (default giftcard.sqlite, or giftcard-demo.sqlite with --seed demo)",
     )
-    serve.add_argument("--seed", choices=["demo"], help="build (or reopen) the demo data set")
+    serve.add_argument(
+        "--seed",
+        choices=["demo", "chain"],
+        help="build (or reopen) the demo data set; 'chain': the same trade over --stores "
+        "stores and --days days (for syncs and benchmarks at a chain's size)",
+    )
+    serve.add_argument("--stores", type=int, default=50, help="stores of --seed chain")
+    serve.add_argument("--days", type=int, default=365, help="days of history of --seed chain")
     serve.add_argument("--seed-number", type=int, default=0)
     serve.add_argument("--card-stock", help="write the demo card stock CSV here")
     serve.add_argument(
@@ -404,6 +547,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="reports", help="folder for the HTML and PNG reports")
     demo.set_defaults(func=_demo)
 
+    report = commands.add_parser(
+        "report",
+        help="run one notebook with parameters (a store, a day, a month) and write its HTML",
+        description="Run NOTEBOOK (a .ipynb file, or a shipped one by name or number, e.g. 04) "
+        "with parameters, against GIFTCARD_URL or the demo server (--demo), and write it as "
+        "HTML with its figures. Parameters are checked before anything runs.",
+    )
+    report.add_argument(
+        "notebook", help="a .ipynb file, or a shipped notebook: 04, 04-reconciliation"
+    )
+    report.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="a parameter of the notebook, e.g. -p store 'Riverside Mall' -p day 2026-09-29",
+    )
+    report.add_argument("--out", default="reports", help="folder for the HTML and PNG files")
+    report.add_argument("--demo", action="store_true", help="run against a seeded demo server")
+    report.set_defaults(func=_report)
+
     notebooks = commands.add_parser(
         "notebooks", help="copy the shipped notebooks into a folder, to start your own from"
     )
@@ -417,16 +583,34 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--name", required=True)
     store.add_argument("--address", default="")
     store.add_argument("--id", help="its GUID (default: a new one)")
+    store.add_argument(
+        "--jurisdiction",
+        default="",
+        help="where it trades, an ISO 3166 code such as US-NY (for unclaimed-property rules)",
+    )
     store.set_defaults(func=_add_store)
+    place = actions.add_parser("set-jurisdiction", help="say where an existing store trades")
+    place.add_argument("--store", required=True, help="the store's GUID")
+    place.add_argument("--jurisdiction", required=True, help="an ISO 3166 code such as US-NY")
+    place.set_defaults(func=_set_jurisdiction)
     user = actions.add_parser("add-user", help="add a user (or reset its password and stores)")
     user.add_argument("username")
     user.add_argument("--store", action="append", required=True, help="a store it may act for")
+    user.add_argument("--role", help=f"{_ROLE_WORDS}; a reset keeps the user's role unless given")
+    user.add_argument(
+        "--max-amount",
+        metavar="AMOUNT",
+        help="its own limit per sale, reload or redemption (e.g. 250.00; 'none': only the "
+        "server's limits); a reset keeps the user's limit unless given",
+    )
     user.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from standard input instead of prompting",
     )
     user.set_defaults(func=_add_user)
+    users = actions.add_parser("list-users", help="list the users: role, limit, stores")
+    users.set_defaults(func=_list_users)
     issue = actions.add_parser("issue-cards", help="create new cards in a store's stock")
     issue.add_argument("--store", required=True)
     issue.add_argument("--count", type=int, required=True)
@@ -434,6 +618,51 @@ def build_parser() -> argparse.ArgumentParser:
     issue.set_defaults(func=_issue_cards)
     listing = actions.add_parser("stores", help="list the stores")
     listing.set_defaults(func=_stores)
+
+    console = commands.add_parser(
+        "console",
+        help="serve the ops console as a web page (Voilà), until Ctrl-C",
+        description="Serve the ops console as a web page for the server at GIFTCARD_URL. "
+        "Without GIFTCARD_USERNAME/GIFTCARD_PASSWORD every visitor signs in as themselves; "
+        "with them the page is signed in as that user. Passwords stay on this machine; "
+        "--demo starts the seeded demo server (signed in as 'demo', or --sign-in). Beyond "
+        "loopback (--host) the page needs its token (printed in its URL).",
+    )
+    console.add_argument("--host", default="127.0.0.1")
+    console.add_argument("--port", type=int, default=8866)
+    console.add_argument("--demo", action="store_true", help="on a seeded demo server")
+    console.add_argument(
+        "--audit-log", default="audit.jsonl", help="every action is appended here (audit.jsonl)"
+    )
+    console.add_argument("--card-stock", help="with --demo: write the demo's cards to this CSV")
+    console.add_argument(
+        "--sign-in",
+        action="store_true",
+        help="with --demo: every visitor signs in (demo users demo, clerk, analyst)",
+    )
+    console.add_argument(
+        "--idle-minutes",
+        type=float,
+        default=15.0,
+        help="a signed-in page idle this long signs out (default 15)",
+    )
+    console.add_argument(
+        "--token",
+        help="the page's access token (default: one is made when --host is not loopback)",
+    )
+    console.add_argument(
+        "--no-token",
+        action="store_true",
+        help="serve without a token; beyond loopback also needs --i-know-this-is-unprotected",
+    )
+    console.add_argument(
+        "--i-know-this-is-unprotected",
+        action="store_true",
+        help="with --no-token: serve on a non-loopback address anyway (behind your own proxy)",
+    )
+    console.add_argument("--certfile", help="TLS certificate (PEM): serve over https")
+    console.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
+    console.set_defaults(func=_console)
 
     fixes = commands.add_parser(
         "bulk",

@@ -287,3 +287,125 @@ def test_card_tab_blocks_and_unblocks(server, gc, tmp_path):
         assert form.output.value.startswith(f"Done: card ************{card.last4} {action}ed")
         assert gc.balance(card).state == state and state in form.summary.value
     assert audit.read(log)["operation"].to_list() == ["block", "unblock"]
+
+
+def test_the_console_has_a_picture_for_reports_with_no_card_number_in_it(server, gc):
+    """Where live widgets cannot run (an HTML report), the console shows as a picture of
+    what it shows now: its tabs, the chosen tab's fields; never a card number or a code."""
+    console = forms.ops_console(gc, audit_log=None)
+    card = next(c for c in server.card_stock if c.sold)
+    console.selected_index = 1  # Balance
+    balance = console.children[1]
+    balance.card_number.value, balance.security_code.value = card.number, card.security_code
+    bundle = console._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle, "live where widgets run"
+    picture = bundle["text/html"]
+    for title in ["Card", *forms.TITLES.values()]:
+        assert f">{title}<" in picture
+    assert "Card number" in picture and "Check balance" in picture
+    assert "Tab(children=" not in picture
+    assert card.number not in picture and "************" + card.last4 in picture
+    assert card.security_code not in picture
+
+
+def test_every_label_of_the_console_has_room_for_the_longest(server, gc):
+    """Labels share one width, made for "Security code" (ipywidgets' default cuts it)."""
+    console = forms.ops_console(gc, audit_log=None)
+    labelled = (widgets.Text, widgets.Dropdown, widgets.ToggleButtons)
+    described = [
+        w for form in console.children for w in vars(form).values() if isinstance(w, labelled)
+    ]
+    assert len(described) > 20
+    assert {w.style.description_width for w in described} == {forms.LABEL_WIDTH}
+
+
+# ------------------------------------------------------------ people, roles and approval
+
+
+@pytest.fixture(scope="module")
+def limited(server):
+    """A clerk of the first store whose own limit is 50.00 (name, password)."""
+    from giftcard_toolkit.server import hash_password
+
+    server.ledger.put_user(
+        "till-forms",
+        hash_password("till-forms-pw"),
+        [server.stores[0].id],
+        max_amount=Decimal("50.00"),
+    )
+    return "till-forms", "till-forms-pw"
+
+
+def _sign_in(page, username, password):
+    page.username.value, page.password.value = username, password
+    page.sign_in_button.click()
+
+
+def test_without_a_client_the_console_asks_each_person_to_sign_in(server, tmp_path):
+    page = forms.ops_console(url=server.url, audit_log=tmp_path / "audit.jsonl")
+    assert isinstance(page, forms.SignInConsole) and page.children == (page.form,)
+    _sign_in(page, "clerk", "not-the-password")
+    assert "did not accept username &#x27;clerk&#x27;" in page.message.value
+    assert page.children == (page.form,), "a wrong password shows nothing else"
+    assert page.password.value == "", "the password leaves the page at once"
+    _sign_in(page, "analyst", "analyst-password")
+    bar, console = page.children
+    assert "Signed in as <b>analyst</b>" in page.who.value and "moves no money" in page.who.value
+    assert console.titles == ("Card", "Balance"), "an analyst only reads"
+    assert page.password.value == "" and page.username.value == ""
+    page.sign_out_button.click()
+    assert page.children == (page.form,) and page.client is None
+    assert "Signed out" in page.message.value
+
+
+def test_an_idle_page_signs_out(server, tmp_path):
+    page = forms.SignInConsole(server.url, audit_log=tmp_path / "a.jsonl", idle_minutes=0.005)
+    _sign_in(page, "clerk", "clerk-password")
+    assert len(page.children) == 2
+    import time
+
+    deadline = time.monotonic() + 10
+    while page.client is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert page.children == (page.form,)
+    assert "idle" in page.message.value
+
+
+def test_above_the_limit_the_review_asks_a_supervisor_and_audits_both(server, limited, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    with GiftCardClient(server.url, *limited) as till:
+        form = forms.sell_form(till, audit_log=log)
+        card = _unsold(server)
+        _fill(form, card, amount="80.00")
+        form.submit.click()
+        assert "above your own limit of $50.00" in form.approval.note.value
+        before = _ledger_rows(server)
+        form.confirm.click()  # no supervisor entered
+        assert "Not approved, nothing was sent" in form.output.value
+        form.approval.username.value, form.approval.password.value = "analyst", "analyst-pw"
+        form.confirm.click()
+        assert "Not approved" in form.output.value and form.approval.password.value == ""
+        assert _ledger_rows(server) == before and audit.read(log).is_empty()
+        form.approval.username.value = "demo"
+        form.approval.password.value = server.password
+        form.confirm.click()
+        form.confirm.click()
+        assert form.output.value.startswith("Approved: sold"), form.output.value
+        assert _ledger_rows(server) == before + 1, "applied once"
+        (record,) = audit.read(log).to_dicts()
+        assert (record["user"], record["approved_by"]) == ("till-forms", "demo")
+        assert server.password not in log.read_text()
+        assert till.balance(card).balance == Decimal("80.00")
+
+
+def test_a_read_only_supervisor_cannot_approve(server, limited, tmp_path):
+    with GiftCardClient(server.url, *limited) as till:
+        form = forms.sell_form(till, audit_log=tmp_path / "audit.jsonl")
+        card = _unsold(server)
+        _fill(form, card, amount="80.00")
+        form.submit.click()
+        form.approval.username.value = "analyst"
+        form.approval.password.value = "analyst-password"
+        form.confirm.click()
+        assert "Not sent" in form.output.value and "may only read" in form.output.value
+        assert till.balance(card).balance == 0

@@ -2,17 +2,23 @@
 
 A real server (its log at INFO, access lines included) is driven by the client (its log at
 DEBUG), the ops forms and a bulk run (audit log, journal), with declines and bad input;
-frames are exported to Parquet and CSV; the notebooks are run into HTML reports. Then every
-file is scanned for any of the 2,400 demo card numbers, any token issued, and security
-codes in any field-like context.
+frames are exported to Parquet and CSV; the notebooks are run into HTML reports. People
+sign in with passwords of their own (a wrong one too), and a supervisor approves amounts
+above a clerk's limit. Then every file is scanned for any of the 2,400 demo card numbers,
+any token issued, security codes in any field-like context, and those passwords (plain, or
+as the Basic header carries them).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import csv
+import io
+import json
 import logging
 import re
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,13 +26,18 @@ import httpx
 import polars as pl
 
 from giftcard_toolkit import GiftCardClient, Token, bulk, demo, errors, forms, frames
+from giftcard_toolkit.cli import main
+from giftcard_toolkit.ops import cases
+from giftcard_toolkit.ops.signin import SignInFailed, sign_in
 from giftcard_toolkit.server.runner import server_process
 from giftcard_toolkit.server.seed import read_card_stock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path, capsys):
+def test_no_card_number_code_token_or_password_in_logs_audit_exports_or_reports(
+    tmp_path, capsys, monkeypatch
+):
     stock = tmp_path / "stock.csv"
     client_log = logging.FileHandler(tmp_path / "client.log")
     logger = logging.getLogger("giftcard_toolkit")
@@ -93,6 +104,11 @@ def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path,
                     frames.write(frame, tmp_path / f"{name}.parquet")
                     frames.write(frame, tmp_path / f"{name}.csv")
                 tokens.update(t.token for t in gc._tokens.values())
+            passwords = _people_sign_in_and_approve(
+                tmp_path, monkeypatch, url, store, fresh[6:8], log
+            )
+            printed = capsys.readouterr()
+            assert not any(p in printed.out + printed.err for p in passwords)
         finally:
             logger.removeHandler(client_log)
             logger.setLevel(level)
@@ -116,6 +132,7 @@ def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path,
         "transactions.parquet",
         "transactions.csv",
         "01-quickstart.html",
+        "widget-state.json",
     } <= set(texts)
     assert "POST /Transaction/radeem 200" in texts["server.log"], "the access log was on"
     numbers = {c.number for c in cards}
@@ -129,10 +146,70 @@ def test_no_card_number_code_or_token_in_logs_audit_exports_or_reports(tmp_path,
             code = card.security_code
             if any(f in text for f in (f'"securitycode": "{code}"', f"'{code}'", f"={code}")):
                 leaks.append((name, "security code"))
+    for password in passwords:
+        for name, text in texts.items():
+            if password in text:
+                leaks.append((name, "password"))
     assert leaks == []
     with capsys.disabled():
         size = sum(len(t) for t in texts.values())
         print(
             f"\n[leak scan] {len(texts)} files, {size / 1e6:.1f} MB scanned for "
-            f"{len(numbers)} card numbers, {len(tokens)} tokens and security codes: 0 found"
+            f"{len(numbers)} card numbers, {len(tokens)} tokens, security codes and "
+            f"{len(passwords)} password forms: 0 found"
         )
+
+
+def _people_sign_in_and_approve(tmp_path, monkeypatch, url, store, cards, log) -> list[str]:
+    """A clerk with a limit and a supervisor, each with a password of their own, sign in
+    (one wrong password first) and work: a bulk run and a card case with amounts above the
+    clerk's limit, approved. Answers every form in which their passwords could leak."""
+    db = str(tmp_path / "day.sqlite")
+    secret = {"till": secrets.token_urlsafe(12), "lead": secrets.token_urlsafe(12)}
+    for name, limit in (("till", "20.00"), ("lead", "none")):
+        monkeypatch.setattr("sys.stdin", io.StringIO(secret[name] + "\n"))
+        argv = ["admin", "--db", db, "add-user", name, "--store", store]
+        assert main([*argv, "--max-amount", limit, "--password-stdin"]) == 0
+    wrong = secrets.token_urlsafe(12)
+    with contextlib.suppress(SignInFailed):
+        sign_in(url, "till", wrong)
+    fixes = tmp_path / "people.csv"
+    with fixes.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(bulk.COLUMNS)
+        for card, amount in zip(cards, ("15", "30"), strict=True):
+            writer.writerow(["sell", card.number, card.security_code, amount, store, "", ""])
+    with sign_in(url, "till", secret["till"]) as till, sign_in(url, "lead", secret["lead"]) as lead:
+        bulk.run(till, fixes, audit_log=log, progress=False, approver=lead)
+        cases.adjust(till, cards[1], "-25", store, "fix", audit_log=log, approver=lead)
+    fixes.unlink()
+    _on_the_console_page(url, store, cards[0], log, secret, wrong, tmp_path)
+    forms = [wrong, *secret.values()]
+    for name, password in secret.items():
+        forms.append(base64.b64encode(f"{name}:{password}".encode()).decode())
+    return forms
+
+
+def _on_the_console_page(url, store, card, log, secret, wrong, tmp_path) -> None:
+    """The same people on the console page: a wrong password, then the clerk's reload
+    above the limit approved on screen by the supervisor; every widget's state is saved
+    (as a notebook saves it) for the scan."""
+    import ipywidgets
+
+    from giftcard_toolkit.ops.forms import SignInConsole
+
+    page = SignInConsole(url, audit_log=log)
+    for password in (wrong, secret["till"]):
+        page.username.value, page.password.value = "till", password
+        page.sign_in_button.click()
+    reload = next(f for f in page.console.children if getattr(f, "operation", "") == "reload")
+    reload.card_number.value, reload.security_code.value = card.number, card.security_code
+    reload.amount.value = "25"
+    reload.store.value = next(s for _, s in reload.store.options if s.id == store)
+    reload.submit.click()
+    reload.approval.username.value, reload.approval.password.value = "lead", secret["lead"]
+    reload.confirm.click()
+    assert reload.output.value.startswith("Approved: reloaded"), reload.output.value
+    state = ipywidgets.Widget.get_manager_state(drop_defaults=False)
+    (tmp_path / "widget-state.json").write_text(json.dumps(state, default=str))
+    page.sign_out("Signed out.")

@@ -11,11 +11,18 @@ words, the card number and code fields are cleared after every submit, and every
 is written to the audit log.
 
     forms.ops_console(client, audit_log="audit.jsonl")   # a Tab with every form
+    forms.ops_console(audit_log="audit.jsonl")           # each person signs in first
+
+What a form offers follows the signed-in user's role (an analyst only reads: balance and
+card history) and own limit: above it, the Review step asks for a supervisor's sign-in, and
+that one request is sent under the supervisor (both named in the audit log).
 """
 
 from __future__ import annotations
 
 import html
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,8 +32,9 @@ from typing import Any
 import ipywidgets as widgets
 
 from giftcard_toolkit import _protocol, errors, models
-from giftcard_toolkit.cards import Card, card_number_problem, mask, security_code_problem
-from giftcard_toolkit.ops import cases, operations
+from giftcard_toolkit.cards import Card, card_number_problem, mask, scrub, security_code_problem
+from giftcard_toolkit.ops import cases, operations, signin
+from giftcard_toolkit.ops.approval import Approval, verification_of
 from giftcard_toolkit.ops.audit import AuditLog
 
 TITLES = {
@@ -54,6 +62,108 @@ def _money(value: Decimal) -> str:
     return f"${value:,.2f}"
 
 
+# Every label of a form gets the same width, wide enough for the longest ("Security code")
+# in any browser font: ipywidgets' default (80px) cuts labels off ("Security c...").
+LABEL_WIDTH = "9em"
+OK_COLOUR, BAD_COLOUR = "#17692a", "#a10000"
+
+
+def _sized(field: widgets.DescriptionWidget, width: str, name: str) -> Any:
+    """``field`` with the common label width, sized for its content (``width`` counts the
+    label), and a CSS class naming it (what browser tests and the benchmark find it by)."""
+    field.style.description_width = LABEL_WIDTH
+    field.layout.width = width
+    field.add_class(f"gc-{name}")
+    if isinstance(field, widgets.Text):
+        # Sent once, when the field is left (a click on a button leaves it first), not on
+        # every key: a button's click is never held back, but typed keys are while the
+        # kernel is busy, so a quick click could overtake the last digits typed.
+        field.continuous_update = False
+    return field
+
+
+def _beside(field: widgets.Widget, problem: widgets.HTML) -> widgets.HBox:
+    """A field with its problem beside it, wrapping below it when the page is narrow."""
+    problem.layout.margin = "0 0 0 8px"
+    return widgets.HBox([field, problem], layout=widgets.Layout(flex_flow="row wrap"))
+
+
+def _result_box(output: widgets.HTML) -> widgets.HTML:
+    """The answer's place: a line under the form, coloured by :func:`_say`."""
+    output.layout.margin = "8px 0"
+    output.layout.padding = "0 0 0 8px"
+    output.add_class("gc-output")
+    return output
+
+
+def _say(output: widgets.HTML, text: str, good: bool | None = None) -> None:
+    """Show ``text`` (plain words) in ``output``: green when done, red when not."""
+    colour = None if good is None else (OK_COLOUR if good else BAD_COLOUR)
+    output.style.text_color = colour
+    output.layout.border_left = f"4px solid {colour}" if colour else None
+    output.value = html.escape(text)
+
+
+def _review_box(confirmation: widgets.HTML, *buttons: widgets.Button) -> widgets.VBox:
+    """The Review step: what will be sent, framed, with Confirm beside Cancel."""
+    confirmation.add_class("gc-confirmation")
+    return widgets.VBox(
+        [confirmation, widgets.HBox(list(buttons))],
+        layout=widgets.Layout(
+            border="2px solid #b35900", padding="4px 12px", margin="8px 0", max_width="48em"
+        ),
+    )
+
+
+def _buttons(**buttons: widgets.Button) -> None:
+    for name, button in buttons.items():
+        button.add_class(f"gc-{name}")
+
+
+class _ApprovalBox(widgets.VBox):
+    """On the Review step, when the amount is above the signed-in user's own limit: a
+    supervisor's username and password, so that one request is sent under their sign-in.
+    The password is cleared from the field (and so from the page) as soon as it is read."""
+
+    def __init__(self) -> None:
+        self.note = widgets.HTML()
+        self.note.add_class("gc-approval_note")
+        self.username = _sized(
+            widgets.Text(description="Supervisor", placeholder="their username"),
+            "24em",
+            "approver",
+        )
+        self.password = _sized(
+            widgets.Password(description="Their password"), "24em", "approver_password"
+        )
+        self.needed = False
+        super().__init__([self.note, self.username, self.password])
+        self.add_class("gc-approval")
+        self.layout.display = "none"
+
+    def ask(self, client: Any, amount: Decimal | None) -> None:
+        """Show the approval fields when ``amount`` is above ``client``'s own limit."""
+        limit = verification_of(client).max_amount
+        self.needed = amount is not None and limit is not None and abs(amount) > limit
+        self.layout.display = None if self.needed else "none"
+        self.username.value = self.password.value = ""
+        self.note.value = (
+            f"<b>Needs approval:</b> {_money(abs(amount or Decimal(0)))} is above your own "
+            f"limit of {_money(limit or Decimal(0))}. A supervisor signs in here to approve "
+            "it; it is then sent under their name. Nothing is sent without it."
+            if self.needed
+            else ""
+        )
+
+    def approver(self, client: Any) -> Any:
+        """The supervisor's client, signed in (a wrong password raises ``SignInFailed``)."""
+        username, password = self.username.value, self.password.value
+        self.password.value = ""
+        return signin.sign_in(
+            client.base_url, username, password, card_cipher=getattr(client, "_cipher", None)
+        )
+
+
 class OperationForm(widgets.VBox):
     """One operation's form. Its fields are attributes, so it can be driven from code."""
 
@@ -71,18 +181,38 @@ class OperationForm(widgets.VBox):
         self.operation = operation
         self.audit = audit_log
         self.moves = operation in ("sell", "reload", "redeem")
-        self.card_number = widgets.Text(description="Card number", placeholder="16 digits")
-        self.security_code = widgets.Password(description="Security code", placeholder="4 digits")
-        self.amount = widgets.Text(description="Amount", placeholder="e.g. 25.00")
+        self.card_number = _sized(
+            widgets.Text(description="Card number", placeholder="16 digits"), "22em", "card_number"
+        )
+        self.security_code = _sized(
+            widgets.Password(description="Security code", placeholder="4 digits"),
+            "15em",
+            "security_code",
+        )
+        self.amount = _sized(
+            widgets.Text(description="Amount", placeholder="e.g. 25.00"), "17em", "amount"
+        )
         known = stores if stores is not None else list(client.verify().stores)
-        self.store = widgets.Dropdown(
-            description="Store", options=[(s.name or s.id, s) for s in known]
+        self.store = _sized(
+            widgets.Dropdown(description="Store", options=[(s.name or s.id, s) for s in known]),
+            "28em",
+            "store",
         )
-        self.active = widgets.ToggleButtons(
-            options=[("Block", False), ("Unblock", True)], description="Action"
+        self.active = _sized(
+            widgets.ToggleButtons(
+                options=[("Block", False), ("Unblock", True)], description="Action"
+            ),
+            "auto",
+            "active",
         )
-        self.reason = widgets.Text(description="Reason", placeholder="why (required)")
-        self.accept_partial = widgets.Checkbox(description="Accept a partial redemption")
+        self.reason = _sized(
+            widgets.Text(description="Reason", placeholder="why (required)"), "36em", "reason"
+        )
+        self.accept_partial = widgets.Checkbox(
+            description="Accept a partial redemption", indent=False
+        )
+        self.accept_partial.layout.margin = f"2px 0 2px calc({LABEL_WIDTH} + 10px)"
+        self.accept_partial.add_class("gc-accept_partial")
         self.problems = {
             name: widgets.HTML()
             for name in ("card_number", "security_code", "amount", "store", "reason")
@@ -91,10 +221,15 @@ class OperationForm(widgets.VBox):
             description="Check balance" if operation == "balance" else "Review",
             button_style="primary",
         )
+        self.submit.layout.margin = f"4px 0 4px calc({LABEL_WIDTH} + 10px)"
         self.confirm = widgets.Button(description="Confirm", button_style="danger")
         self.cancel = widgets.Button(description="Cancel")
+        _buttons(submit=self.submit, confirm=self.confirm, cancel=self.cancel)
         self.confirmation = widgets.HTML()
-        self.output = widgets.HTML()
+        self.output = _result_box(widgets.HTML())
+        self.approval = _ApprovalBox()
+        self.review = _review_box(self.confirmation, self.confirm, self.cancel)
+        self.review.children = [self.confirmation, self.approval, *self.review.children[1:]]
         self._reviewed: _Reviewed | None = None
         self._busy = False
         self.submit.on_click(lambda _: self._on_submit())
@@ -111,21 +246,15 @@ class OperationForm(widgets.VBox):
             rows.append(self.accept_partial)
         if operation == "status":
             rows += [self.active, self._row("reason", self.reason)]
-        rows += [
-            self.submit,
-            self.confirmation,
-            widgets.HBox([self.confirm, self.cancel]),
-            self.output,
-        ]
+        rows += [self.submit, self.review, self.output]
         super().__init__(rows)
+        self.add_class(f"gc-{operation}")
 
     def _row(self, name: str, field: widgets.Widget) -> widgets.HBox:
-        return widgets.HBox([field, self.problems[name]])
+        return _beside(field, self.problems[name])
 
     def _show_confirmation(self, shown: bool) -> None:
-        display = None if shown else "none"
-        self.confirm.layout.display = display
-        self.cancel.layout.display = display
+        self.review.layout.display = None if shown else "none"
         if not shown:
             self.confirmation.value = ""
 
@@ -192,26 +321,39 @@ class OperationForm(widgets.VBox):
         request = self._check()
         self._clear_secrets()
         if request is None:
-            self.output.value = "Nothing was sent: fix the fields marked in red."
+            _say(self.output, "Nothing was sent: fix the fields marked in red.", False)
             return
         if self.operation == "balance":
-            self._send(request)
+            self._apply(request)
             return
         self._reviewed = request
         self.confirmation.value = f"<b>Please confirm:</b> {html.escape(self._describe(request))}"
+        self.approval.ask(self.client, request.amount)
         self._show_confirmation(True)
-        self.output.value = ""
+        _say(self.output, "")
 
     def _on_cancel(self) -> None:
         self._reviewed = None
         self._show_confirmation(False)
-        self.output.value = "Cancelled: nothing was sent."
+        _say(self.output, "Cancelled: nothing was sent.")
 
     def _on_confirm(self) -> None:
-        request, self._reviewed = self._reviewed, None  # a second click finds nothing
+        request = self._reviewed
         if request is None or self._busy:
             return
-        self._send(request)
+        approver = None
+        if self.approval.needed:
+            try:
+                approver = self.approval.approver(self.client)
+            except errors.GiftCardError as failed:  # the Review stays: try again or Cancel
+                _say(self.output, f"Not approved, nothing was sent: {failed}", False)
+                return
+        self._reviewed = None  # a second click finds nothing
+        try:
+            self._apply(request, approver)
+        finally:
+            if approver is not None:
+                approver.close()
 
     def _clear_secrets(self) -> None:
         self.card_number.value = ""
@@ -219,17 +361,26 @@ class OperationForm(widgets.VBox):
 
     # ------------------------------------------------------------ sending
 
-    def _send(self, request: _Reviewed) -> None:
+    def _apply(self, request: _Reviewed, approver: Any = None) -> None:
         self._set_busy(True)
         try:
-            outcome = operations.apply(self.client, self._operation(request))
+            approval = Approval(self.client, approver)
+            if approver is not None and request.amount is not None:
+                approval.check(request.amount, self._describe(request))
+            sender, approved_by = approval.sender(self.operation, request.amount)
+            outcome = operations.apply(sender, self._operation(request))
+        except errors.GiftCardError as refused:  # the approver may not: nothing was sent
+            _say(self.output, f"Not sent: {refused}", False)
+            return
         finally:
             self._set_busy(False)
             self._show_confirmation(False)
-        self.output.value = html.escape(self._message(request, outcome))
+        good = outcome.status in ("approved", "partial")
+        _say(self.output, self._message(request, outcome), good)
         if self.audit is not None:
             self.audit.record(
                 user=getattr(self.client, "username", "?"),
+                approved_by=approved_by,
                 operation=self.operation,
                 outcome=outcome.status,
                 card=request.card,
@@ -310,7 +461,7 @@ class CardForm(widgets.VBox):
     """The Card tab: look a card up (balance, status, dates, its history, masked), then
     replace it, reverse one of its transactions, adjust it, block or unblock it, with the
     same Review, Confirm, once-only behaviour as the other forms. Fields are attributes,
-    so it can be driven from code."""
+    so it can be driven from code. ``read_only`` (an analyst): look up only."""
 
     def __init__(
         self,
@@ -318,39 +469,70 @@ class CardForm(widgets.VBox):
         *,
         audit_log: AuditLog | None = None,
         stores: list[models.Store] | None = None,
+        read_only: bool = False,
     ) -> None:
         self.client = client
         self.audit = audit_log
-        self.card_number = widgets.Text(description="Card number", placeholder="16 digits")
-        self.security_code = widgets.Password(description="Security code", placeholder="4 digits")
+        self.read_only = read_only
+        self.card_number = _sized(
+            widgets.Text(description="Card number", placeholder="16 digits"), "22em", "card_number"
+        )
+        self.security_code = _sized(
+            widgets.Password(description="Security code", placeholder="4 digits"),
+            "15em",
+            "security_code",
+        )
         self.lookup = widgets.Button(description="Look up", button_style="primary")
+        self.lookup.layout.margin = f"4px 0 4px calc({LABEL_WIDTH} + 10px)"
         self.summary = widgets.HTML()
+        self.summary.add_class("gc-summary")
         self.history = widgets.HTML()
-        self.action = widgets.Dropdown(
-            description="Action", options=[(label, a) for a, label in CARD_ACTIONS.items()]
+        self.history.add_class("gc-history")
+        self.action = _sized(
+            widgets.Dropdown(
+                description="Action", options=[(label, a) for a, label in CARD_ACTIONS.items()]
+            ),
+            "42em",
+            "action",
         )
-        self.new_card_number = widgets.Text(description="New card", placeholder="16 digits")
-        self.new_security_code = widgets.Password(description="New code", placeholder="4 digits")
-        self.transaction = widgets.Dropdown(description="Transaction", options=[])
-        self.amount = widgets.Text(description="Amount", placeholder="e.g. -45.00 or 5.00")
+        self.new_card_number = _sized(
+            widgets.Text(description="New card", placeholder="16 digits"), "22em", "new_card"
+        )
+        self.new_security_code = _sized(
+            widgets.Password(description="New code", placeholder="4 digits"), "15em", "new_code"
+        )
+        self.transaction = _sized(
+            widgets.Dropdown(description="Transaction", options=[]), "38em", "transaction"
+        )
+        self.amount = _sized(
+            widgets.Text(description="Amount", placeholder="e.g. -45.00 or 5.00"), "19em", "amount"
+        )
         known = stores if stores is not None else list(client.verify().stores)
-        self.store = widgets.Dropdown(
-            description="Store", options=[(s.name or s.id, s) for s in known]
+        self.store = _sized(
+            widgets.Dropdown(description="Store", options=[(s.name or s.id, s) for s in known]),
+            "28em",
+            "store",
         )
-        self.reason = widgets.Text(description="Reason", placeholder="why (required)")
+        self.reason = _sized(
+            widgets.Text(description="Reason", placeholder="why (required)"), "36em", "reason"
+        )
         self.problems = {
             name: widgets.HTML()
             for name in ("card_number", "security_code", "new_card", "transaction", "amount")
             + ("store", "reason")
         }
         self.submit = widgets.Button(description="Review", button_style="primary")
+        self.submit.layout.margin = f"4px 0 4px calc({LABEL_WIDTH} + 10px)"
         self.confirm = widgets.Button(description="Confirm", button_style="danger")
         self.cancel = widgets.Button(description="Cancel")
+        _buttons(lookup=self.lookup, submit=self.submit, confirm=self.confirm, cancel=self.cancel)
         self.confirmation = widgets.HTML()
-        self.output = widgets.HTML()
-        for field in (self.card_number, self.security_code, self.new_card_number):
-            field.style.description_width = "initial"
+        self.output = _result_box(widgets.HTML())
+        self.approval = _ApprovalBox()
+        self.review = _review_box(self.confirmation, self.confirm, self.cancel)
+        self.review.children = [self.confirmation, self.approval, *self.review.children[1:]]
         self._card: Card | None = None
+        self._balance = Decimal(0)
         self._reviewed: _CaseRequest | None = None
         self._busy = False
         self.lookup.on_click(lambda _: self._on_lookup())
@@ -360,23 +542,19 @@ class CardForm(widgets.VBox):
         self.cancel.on_click(lambda _: self._on_cancel())
         self._rows = {
             "new_card": widgets.VBox(
-                [
-                    widgets.HBox([self.new_card_number, self.problems["new_card"]]),
-                    self.new_security_code,
-                ]
+                [_beside(self.new_card_number, self.problems["new_card"]), self.new_security_code]
             ),
-            "transaction": widgets.HBox([self.transaction, self.problems["transaction"]]),
-            "amount": widgets.HBox([self.amount, self.problems["amount"]]),
-            "store": widgets.HBox([self.store, self.problems["store"]]),
+            "transaction": _beside(self.transaction, self.problems["transaction"]),
+            "amount": _beside(self.amount, self.problems["amount"]),
+            "store": _beside(self.store, self.problems["store"]),
         }
         self._actions = widgets.VBox(
             [
                 self.action,
                 *self._rows.values(),
-                widgets.HBox([self.reason, self.problems["reason"]]),
+                _beside(self.reason, self.problems["reason"]),
                 self.submit,
-                self.confirmation,
-                widgets.HBox([self.confirm, self.cancel]),
+                self.review,
             ]
         )
         self._show_confirmation(False)
@@ -384,15 +562,16 @@ class CardForm(widgets.VBox):
         self._show_fields()
         super().__init__(
             [
-                widgets.HBox([self.card_number, self.problems["card_number"]]),
-                widgets.HBox([self.security_code, self.problems["security_code"]]),
+                _beside(self.card_number, self.problems["card_number"]),
+                _beside(self.security_code, self.problems["security_code"]),
                 self.lookup,
                 self.summary,
                 self.history,
-                self._actions,
+                *([] if read_only else [self._actions]),
                 self.output,
             ]
         )
+        self.add_class("gc-card")
 
     # ------------------------------------------------------------ showing
 
@@ -406,9 +585,7 @@ class CardForm(widgets.VBox):
             row.layout.display = None if name in needs else "none"
 
     def _show_confirmation(self, shown: bool) -> None:
-        display = None if shown else "none"
-        self.confirm.layout.display = display
-        self.cancel.layout.display = display
+        self.review.layout.display = None if shown else "none"
         if not shown:
             self.confirmation.value = ""
 
@@ -438,7 +615,7 @@ class CardForm(widgets.VBox):
             found["security_code"] = f"Security code {problem}."
         self._mark(found)
         if found:
-            self.output.value = "Nothing was looked up: fix the fields marked in red."
+            _say(self.output, "Nothing was looked up: fix the fields marked in red.", False)
             return
         self._card = Card(number, code)
         self._refresh()
@@ -456,7 +633,7 @@ class CardForm(widgets.VBox):
             self._card = None
             self._actions.layout.display = "none"
             self.summary.value = self.history.value = ""
-            self.output.value = html.escape(f"Not found: {failed}")
+            _say(self.output, f"Not found: {failed}", False)
             return
         finally:
             self._set_busy(False)
@@ -469,6 +646,7 @@ class CardForm(widgets.VBox):
             )
             if when is not None
         )
+        self._balance = balance.balance
         self.summary.value = html.escape(
             f"Card {card.masked} holds {_money(balance.balance)}; {balance.state}"
             + (f"; {dates}" if dates else "")
@@ -479,14 +657,14 @@ class CardForm(widgets.VBox):
             for r in reversed(story.rows(named=True))
         ]
         self._actions.layout.display = None
-        self.output.value = ""
+        _say(self.output, "")
 
     # ------------------------------------------------------------ acting
 
     def _check(self) -> _CaseRequest | None:
         card = self._card
         if card is None:
-            self.output.value = "Look a card up first."
+            _say(self.output, "Look a card up first.", False)
             return None
         action = self.action.value
         found: dict[str, str] = {}
@@ -562,41 +740,67 @@ class CardForm(widgets.VBox):
         self.new_card_number.value = self.new_security_code.value = ""
         if request is None:
             if self._card is not None:
-                self.output.value = "Nothing was sent: fix the fields marked in red."
+                _say(self.output, "Nothing was sent: fix the fields marked in red.", False)
             return
         self._reviewed = request
         self.confirmation.value = f"<b>Please confirm:</b> {html.escape(self._describe(request))}"
+        self.approval.ask(self.client, self._moves(request))
         self._show_confirmation(True)
-        self.output.value = ""
+        _say(self.output, "")
+
+    def _moves(self, request: _CaseRequest) -> Decimal | None:
+        """The money the case moves (what a limit applies to), None when none."""
+        if request.action == "replace":
+            return self._balance
+        if request.action == "reverse":
+            return abs(Decimal(self.transaction.value["amount"]))
+        return None if request.amount is None else abs(request.amount)
 
     def _on_cancel(self) -> None:
         self._reviewed = None
         self._show_confirmation(False)
-        self.output.value = "Cancelled: nothing was sent."
+        _say(self.output, "Cancelled: nothing was sent.")
 
     def _on_confirm(self) -> None:
-        request, self._reviewed = self._reviewed, None  # a second click finds nothing
+        request = self._reviewed
         if request is None or self._busy:
             return
+        approver = None
+        if self.approval.needed:
+            try:
+                approver = self.approval.approver(self.client)
+            except errors.GiftCardError as failed:  # the Review stays: try again or Cancel
+                _say(self.output, f"Not approved, nothing was sent: {failed}", False)
+                return
+        self._reviewed = None  # a second click finds nothing
         self._set_busy(True)
         try:
-            message = self._run(request)
+            message = self._run(request, approver)
         except errors.GiftCardError as failed:
             message = f"Not done: {failed}"
         finally:
             self._set_busy(False)
             self._show_confirmation(False)
+            if approver is not None:
+                approver.close()
         self._refresh()
-        self.output.value = html.escape(message)
+        _say(self.output, message, not message.startswith("Not done"))
 
-    def _run(self, request: _CaseRequest) -> str:
-        """Run the case; its outcome in plain words. Replace and reverse use their natural
-        keys (the cards, the hostRef), so a colleague's same case is never done twice."""
+    def _run(self, request: _CaseRequest, approver: Any = None) -> str:
+        """Run the case (above the user's limit, under ``approver``); its outcome in plain
+        words. Replace and reverse use their natural keys (the cards, the hostRef), so a
+        colleague's same case is never done twice."""
         gc, card, log = self.client, request.card, self.audit
         if request.action == "replace":
             assert request.new_card is not None
             done = cases.replace(
-                gc, card, request.new_card, request.store, request.reason, audit_log=log
+                gc,
+                card,
+                request.new_card,
+                request.store,
+                request.reason,
+                audit_log=log,
+                approver=approver,
             )
             return (
                 f"Done: moved {_money(done.moved)} from {done.old_card} to {done.new_card}, "
@@ -605,7 +809,13 @@ class CardForm(widgets.VBox):
         if request.action == "reverse":
             assert request.host_ref is not None
             back = cases.reverse(
-                gc, card, request.host_ref, request.store, request.reason, audit_log=log
+                gc,
+                card,
+                request.host_ref,
+                request.store,
+                request.reason,
+                audit_log=log,
+                approver=approver,
             )
             return (
                 f"Done: {back.reversed_type} {back.reversed_host_ref} reversed "
@@ -614,7 +824,14 @@ class CardForm(widgets.VBox):
         if request.action == "adjust":
             assert request.amount is not None
             fixed = cases.adjust(
-                gc, card, request.amount, request.store, request.reason, request.key, log
+                gc,
+                card,
+                request.amount,
+                request.store,
+                request.reason,
+                request.key,
+                log,
+                approver=approver,
             )
             return f"Done: card {fixed.card} adjusted; it holds {_money(fixed.balance)}"
         op = operations.Operation(request.action, card, reason=request.reason, key=request.key)
@@ -639,26 +856,32 @@ def _history_table(story: Any) -> str:
     """A card's transactions as an HTML table (cards masked), newest first."""
     if story.is_empty():
         return "<i>No transactions.</i>"
+    cell = "padding:2px 10px;text-align:{}"
+    right = {"amount", "balance"}
     head = "".join(
-        f"<th>{h}</th>" for h in ("when", "type", "amount", "balance", "store", "hostRef")
+        f"<th style='{cell.format('right' if h in right else 'left')}'>{h}</th>"
+        for h in ("when", "type", "amount", "balance", "store", "hostRef")
     )
     rows = "".join(
         "<tr>"
         + "".join(
-            f"<td>{html.escape(str(v))}</td>"
-            for v in (
-                f"{r['at']:%Y-%m-%d %H:%M}",
-                r["type"],
-                _money(r["amount"]),
-                _money(r["new_balance"]),
-                r["store_name"],
-                r["host_ref"],
+            f"<td style='{cell.format('right' if i in (2, 3) else 'left')}'>"
+            f"{html.escape(str(v))}</td>"
+            for i, v in enumerate(
+                (
+                    f"{r['at']:%Y-%m-%d %H:%M}",
+                    r["type"],
+                    _money(r["amount"]),
+                    _money(r["new_balance"]),
+                    r["store_name"],
+                    r["host_ref"],
+                )
             )
         )
         + "</tr>"
         for r in reversed(story.rows(named=True))
     )
-    return f"<table><tr>{head}</tr>{rows}</table>"
+    return f"<table style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
 
 
 def card_form(
@@ -689,15 +912,234 @@ redeem_form = _factory("redeem")
 status_form = _factory("status")
 
 
+class Console(widgets.Tab):
+    """The ops console: a Tab of every form. Where widgets cannot run (an HTML report read
+    offline: the widget renderer would come from a CDN), it shows as a static picture."""
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any] | None:
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is not None:
+            bundle["text/html"] = picture(self)
+        return bundle
+
+
 def ops_console(
-    client: Any, audit_log: str | Path | AuditLog | None = "audit.jsonl"
-) -> widgets.Tab:
-    """Every form in one Tab, sharing one audit log and the user's stores (one verify)."""
+    client: Any = None,
+    audit_log: str | Path | AuditLog | None = "audit.jsonl",
+    *,
+    url: str | None = None,
+    idle_minutes: float = 15,
+) -> Any:
+    """Every form the user's role may use in one Tab, sharing one audit log and the user's
+    stores (one verify): an analyst gets the Card tab (look up only) and Balance.
+
+    Without ``client``, a :class:`SignInConsole` at ``url`` (default ``GIFTCARD_URL``):
+    each person signs in as themselves first, and is signed out after ``idle_minutes``."""
+    if client is None:
+        where = url or os.environ.get("GIFTCARD_URL")
+        if not where:
+            raise errors.ConfigurationError(
+                "no server to sign in to: pass url= or set GIFTCARD_URL (or pass a client)"
+            )
+        return SignInConsole(where, audit_log=audit_log, idle_minutes=idle_minutes)
     log = AuditLog.of(audit_log)
-    stores = list(client.verify().stores)
-    forms: list[widgets.Widget] = [CardForm(client, audit_log=log, stores=stores)]
-    forms += [OperationForm(client, op, audit_log=log, stores=stores) for op in TITLES]
-    tab = widgets.Tab(children=forms)
-    for index, title in enumerate(["Card", *TITLES.values()]):
+    verification = client.verify()
+    stores = list(verification.stores)
+    shown = ("balance",) if verification.read_only else tuple(TITLES)
+    forms: list[widgets.Widget] = [
+        CardForm(client, audit_log=log, stores=stores, read_only=verification.read_only)
+    ]
+    forms += [OperationForm(client, op, audit_log=log, stores=stores) for op in shown]
+    tab = Console(children=forms)
+    for index, title in enumerate(["Card", *(TITLES[op] for op in shown)]):
         tab.set_title(index, title)
     return tab
+
+
+def _role_words(verification: models.Verification) -> str:
+    if verification.read_only:
+        return "analyst: looks cards up, moves no money"
+    role = verification.role or "user"
+    if verification.max_amount is None:
+        return role
+    return f"{role}, up to {_money(verification.max_amount)} per sale, reload or redemption"
+
+
+def _descendants(widget: widgets.Widget) -> list[widgets.Widget]:
+    children = list(getattr(widget, "children", ()))
+    return [widget, *(w for child in children for w in _descendants(child))]
+
+
+class SignInConsole(widgets.VBox):
+    """The console behind a sign-in: each person signs in with their own username and
+    password (checked by the server), then sees what their role may do, who is signed in
+    and a Sign out. The password is cleared from the field as soon as it is read, so it
+    lives only in the client's memory, in this kernel; an idle page signs out."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        audit_log: str | Path | AuditLog | None = "audit.jsonl",
+        idle_minutes: float = 15,
+    ) -> None:
+        if idle_minutes <= 0:
+            raise errors.ConfigurationError("idle_minutes must be above zero (default 15)")
+        self.url = url
+        self.audit = AuditLog.of(audit_log)
+        self.idle_minutes = idle_minutes
+        self.username = _sized(widgets.Text(description="Username"), "24em", "username")
+        self.password = _sized(widgets.Password(description="Password"), "24em", "password")
+        self.sign_in_button = widgets.Button(description="Sign in", button_style="primary")
+        self.sign_in_button.layout.margin = f"4px 0 4px calc({LABEL_WIDTH} + 10px)"
+        self.sign_out_button = widgets.Button(description="Sign out")
+        _buttons(sign_in=self.sign_in_button, sign_out=self.sign_out_button)
+        self.message = _result_box(widgets.HTML())
+        self.form = widgets.VBox([self.username, self.password, self.sign_in_button, self.message])
+        self.form.add_class("gc-signin")
+        self.who = widgets.HTML()
+        self.who.add_class("gc-who")
+        self.client: Any = None
+        self.console: Any = None
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self.sign_in_button.on_click(lambda _: self.sign_in())
+        self.sign_out_button.on_click(lambda _: self.sign_out("Signed out."))
+        super().__init__([self.form])
+
+    def sign_in(self) -> None:
+        """Sign in with the fields' username and password; the console, or why not."""
+        username, password = self.username.value, self.password.value
+        self.password.value = ""
+        try:
+            client = signin.sign_in(self.url, username, password)
+        except errors.GiftCardError as failed:
+            _say(self.message, f"Not signed in: {failed}", False)
+            return
+        try:
+            console = ops_console(client, audit_log=self.audit)
+        except errors.GiftCardError as failed:
+            client.close()
+            _say(self.message, f"Not signed in: {failed}", False)
+            return
+        verification = verification_of(client)
+        self.client, self.console = client, console
+        self.who.value = (
+            f"Signed in as <b>{html.escape(client.username)}</b> "
+            f"({html.escape(_role_words(verification))}); every action is written to the "
+            f"audit log under this name. Idle for {self.idle_minutes:g} minutes signs out."
+        )
+        for widget in _descendants(console):
+            if isinstance(widget, widgets.Button):
+                widget.on_click(lambda _: self._touch())
+        console.observe(lambda _: self._touch(), names="selected_index")
+        bar = widgets.HBox([self.who, self.sign_out_button])
+        self.username.value = ""
+        _say(self.message, "")
+        self.children = [bar, console]
+        self._touch()
+
+    def sign_out(self, why: str) -> None:
+        """Forget the client (and so the password) and the console; back to the sign-in."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            client, console, self.client, self.console = self.client, self.console, None, None
+        if client is None:
+            return
+        client.close()
+        self.children = [self.form]
+        for widget in _descendants(console):
+            widget.close()
+        _say(self.message, why)
+
+    def _touch(self) -> None:
+        """Someone used the page: the idle time starts again."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            minutes = self.idle_minutes
+            self._timer = threading.Timer(
+                minutes * 60, self.sign_out, [f"Signed out after {minutes:g} minutes idle."]
+            )
+            self._timer.daemon = True
+            self._timer.start()
+
+
+# ------------------------------------------------------------------ a static picture
+
+_PICTURE_STYLE = (
+    "font-family:system-ui,sans-serif;font-size:13px;border:1px solid #bbb;padding:8px 12px;"
+    "max-width:52em"
+)
+_CHOSEN_TAB = "border-bottom:2px solid #1976d2;font-weight:bold"
+
+
+def picture(widget: widgets.Widget) -> str:
+    """``widget`` drawn in plain HTML, as it looks now (hidden parts left out, no password
+    or card number shown): what an HTML report shows where live widgets cannot run."""
+    caption = (
+        "<p style='color:#555;margin:0 0 8px'><i>A picture of the ops console: open the "
+        "notebook in Jupyter (or run <code>giftcard-toolkit console</code>) to use it.</i></p>"
+    )
+    return f"<div class='gc-picture' style='{_PICTURE_STYLE}'>{caption}{_draw(widget)}</div>"
+
+
+def _label(text: str) -> str:
+    return (
+        f"<span style='display:inline-block;width:{LABEL_WIDTH};text-align:right;"
+        f"padding-right:8px'>{html.escape(text)}</span>"
+    )
+
+
+def _draw(widget: widgets.Widget) -> str:
+    """One widget and its children in HTML; the kinds the console is made of."""
+    if getattr(widget, "layout", None) is not None and widget.layout.display == "none":
+        return ""
+    if isinstance(widget, widgets.Tab):
+        chosen = widget.selected_index or 0
+        titles = "".join(
+            f"<span style='padding:4px 12px;border:1px solid #bbb;"
+            f"{_CHOSEN_TAB if i == chosen else 'color:#555'}'>{html.escape(t)}</span>"
+            for i, t in enumerate(widget.titles)
+        )
+        body = _draw(widget.children[chosen]) if widget.children else ""
+        return f"<div style='display:flex;flex-wrap:wrap;margin-bottom:8px'>{titles}</div>{body}"
+    if isinstance(widget, widgets.Box):
+        direction = "row" if isinstance(widget, widgets.HBox) else "column"
+        inner = "".join(_draw(child) for child in widget.children)
+        return f"<div style='display:flex;flex-direction:{direction};gap:4px'>{inner}</div>"
+    if isinstance(widget, widgets.Password):
+        return f"<div>{_label(widget.description)}<input disabled type='password'></div>"
+    if isinstance(widget, widgets.Text):
+        value = html.escape(scrub(widget.value), quote=True)
+        hint = html.escape(widget.placeholder, quote=True)
+        return (
+            f"<div>{_label(widget.description)}"
+            f"<input disabled value='{value}' placeholder='{hint}'></div>"
+        )
+    if isinstance(widget, widgets.Dropdown):
+        return (
+            f"<div>{_label(widget.description)}<select disabled>"
+            f"<option>{html.escape(str(widget.label or ''))}</option></select></div>"
+        )
+    if isinstance(widget, widgets.ToggleButtons):
+        buttons = "".join(
+            f"<button disabled>{html.escape(str(label))}</button>"
+            for label in widget._options_labels
+        )
+        return f"<div>{_label(widget.description)}{buttons}</div>"
+    margin = (
+        f" style='margin:{html.escape(widget.layout.margin, quote=True)}'"
+        if widget.layout.margin
+        else ""
+    )
+    if isinstance(widget, widgets.Checkbox):
+        box = "<input type='checkbox' disabled>"
+        return f"<div{margin}><label>{box} {html.escape(widget.description)}</label></div>"
+    if isinstance(widget, widgets.Button):
+        return f"<div{margin}><button disabled>{html.escape(widget.description)}</button></div>"
+    if isinstance(widget, widgets.HTML):
+        return f"<div>{widget.value}</div>" if widget.value else ""
+    return ""
