@@ -409,3 +409,27 @@ def test_a_read_only_supervisor_cannot_approve(server, limited, tmp_path):
         form.confirm.click()
         assert "Not sent" in form.output.value and "may only read" in form.output.value
         assert till.balance(card).balance == 0
+
+
+def test_an_approver_given_from_code_approves_above_the_limit(server, limited, tmp_path):
+    log = tmp_path / "audit.jsonl"
+    with (
+        GiftCardClient(server.url, *limited) as till,
+        GiftCardClient(server.url, server.username, server.password) as supervisor,
+    ):
+        form = forms.sell_form(till, audit_log=log, approver=supervisor)
+        card = _unsold(server)
+        _fill(form, card, amount="80.00")
+        form.submit.click()
+        assert form.approval.layout.display == "none", "nothing to ask on screen"
+        form.confirm.click()
+        assert form.output.value.startswith("Approved: sold"), form.output.value
+        (record,) = audit.read(log).to_dicts()
+        assert (record["user"], record["approved_by"]) == ("till-forms", "demo")
+        supervisor.verify()  # the form left the supervisor's client open: its owner closes it
+        # Under the limit, the signed-in user sends it, with no approver named.
+        small = _unsold(server)
+        _fill(form, small, amount="20.00")
+        form.submit.click()
+        form.confirm.click()
+        assert audit.read(log).to_dicts()[-1]["approved_by"] in (None, "")

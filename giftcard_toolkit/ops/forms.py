@@ -123,9 +123,12 @@ def _buttons(**buttons: widgets.Button) -> None:
 class _ApprovalBox(widgets.VBox):
     """On the Review step, when the amount is above the signed-in user's own limit: a
     supervisor's username and password, so that one request is sent under their sign-in.
-    The password is cleared from the field (and so from the page) as soon as it is read."""
+    The password is cleared from the field (and so from the page) as soon as it is read.
+    ``given``: an approver's client passed from code (``approver=`` of a form), used instead
+    of asking; it stays open (its owner closes it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, given: Any = None) -> None:
+        self.given = given
         self.note = widgets.HTML()
         self.note.add_class("gc-approval_note")
         self.username = _sized(
@@ -151,17 +154,26 @@ class _ApprovalBox(widgets.VBox):
             f"<b>Needs approval:</b> {_money(abs(amount or Decimal(0)))} is above your own "
             f"limit of {_money(limit or Decimal(0))}. A supervisor signs in here to approve "
             "it; it is then sent under their name. Nothing is sent without it."
-            if self.needed
+            if self.needed and self.given is None
             else ""
         )
+        if self.given is not None:  # approved from code: nothing to ask on screen
+            self.layout.display = "none"
 
     def approver(self, client: Any) -> Any:
         """The supervisor's client, signed in (a wrong password raises ``SignInFailed``)."""
+        if self.given is not None:
+            return self.given
         username, password = self.username.value, self.password.value
         self.password.value = ""
         return signin.sign_in(
             client.base_url, username, password, card_cipher=getattr(client, "_cipher", None)
         )
+
+    def release(self, approver: Any) -> None:
+        """Sign out an approver signed in on this screen (not one given from code)."""
+        if approver is not None and approver is not self.given:
+            approver.close()
 
 
 class OperationForm(widgets.VBox):
@@ -174,7 +186,10 @@ class OperationForm(widgets.VBox):
         *,
         audit_log: AuditLog | None = None,
         stores: list[models.Store] | None = None,
+        approver: Any = None,
     ) -> None:
+        """``approver``: a supervisor's client, for amounts above the signed-in user's own
+        limit (from code; on screen, the Review step asks for their sign-in instead)."""
         if operation not in TITLES:
             raise ValueError(f"operation must be one of {', '.join(TITLES)}")
         self.client = client
@@ -227,7 +242,7 @@ class OperationForm(widgets.VBox):
         _buttons(submit=self.submit, confirm=self.confirm, cancel=self.cancel)
         self.confirmation = widgets.HTML()
         self.output = _result_box(widgets.HTML())
-        self.approval = _ApprovalBox()
+        self.approval = _ApprovalBox(approver)
         self.review = _review_box(self.confirmation, self.confirm, self.cancel)
         self.review.children = [self.confirmation, self.approval, *self.review.children[1:]]
         self._reviewed: _Reviewed | None = None
@@ -352,8 +367,7 @@ class OperationForm(widgets.VBox):
         try:
             self._apply(request, approver)
         finally:
-            if approver is not None:
-                approver.close()
+            self.approval.release(approver)
 
     def _clear_secrets(self) -> None:
         self.card_number.value = ""
@@ -470,6 +484,7 @@ class CardForm(widgets.VBox):
         audit_log: AuditLog | None = None,
         stores: list[models.Store] | None = None,
         read_only: bool = False,
+        approver: Any = None,
     ) -> None:
         self.client = client
         self.audit = audit_log
@@ -528,7 +543,7 @@ class CardForm(widgets.VBox):
         _buttons(lookup=self.lookup, submit=self.submit, confirm=self.confirm, cancel=self.cancel)
         self.confirmation = widgets.HTML()
         self.output = _result_box(widgets.HTML())
-        self.approval = _ApprovalBox()
+        self.approval = _ApprovalBox(approver)
         self.review = _review_box(self.confirmation, self.confirm, self.cancel)
         self.review.children = [self.confirmation, self.approval, *self.review.children[1:]]
         self._card: Card | None = None
@@ -781,8 +796,7 @@ class CardForm(widgets.VBox):
         finally:
             self._set_busy(False)
             self._show_confirmation(False)
-            if approver is not None:
-                approver.close()
+            self.approval.release(approver)
         self._refresh()
         _say(self.output, message, not message.startswith("Not done"))
 
@@ -897,8 +911,11 @@ def _factory(operation: str) -> Callable[..., OperationForm]:
         client: Any,
         audit_log: str | Path | AuditLog | None = None,
         stores: list[models.Store] | None = None,
+        approver: Any = None,
     ) -> OperationForm:
-        return OperationForm(client, operation, audit_log=AuditLog.of(audit_log), stores=stores)
+        return OperationForm(
+            client, operation, audit_log=AuditLog.of(audit_log), stores=stores, approver=approver
+        )
 
     make.__name__ = make.__qualname__ = f"{operation}_form"
     make.__doc__ = f"The {TITLES[operation]} form on its own (the console has them all)."
