@@ -85,7 +85,7 @@ async def _run_notebooks(
     sources: list[Path], out: Path, timeout: int, parameters: dict[str, Any] | None = None
 ) -> list[Report]:
     """Run notebooks side by side (each in its own kernel), a few at a time."""
-    at_once = asyncio.Semaphore(max(2, os.cpu_count() or 1))
+    at_once = asyncio.Semaphore(2 * (os.cpu_count() or 1))  # kernels wait on servers too
 
     async def one(source: Path) -> Report:
         async with at_once:

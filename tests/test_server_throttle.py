@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
-from serverkit import Pos
+from serverkit import Pos, Seconds
 
 from giftcard_toolkit import GiftCardClient, errors
 from giftcard_toolkit._protocol import raise_for_problem
@@ -22,19 +22,6 @@ from giftcard_toolkit.server import Throttle, running
 from giftcard_toolkit.server.runner import RunningServer
 
 WRONG = "not-the-password"
-
-
-class Seconds:
-    """A monotonic clock in seconds that the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@
 Passwords are stored as salted scrypt hashes (``hashlib.scrypt``), never in plain text.
 Checking one costs tens of milliseconds on purpose, so credentials that verified are kept
 in memory for a short while under a keyed digest (never the password itself); a POS
-sends the same header on every request, and each one must not pay the scrypt price.
+sends the same header on every request, and each one must not pay the scrypt price. Nor
+must any one request pay it when the entry expires: one in use is checked again in the
+background shortly before (see :class:`Authenticator`).
 
 :class:`Throttle` slows password guessing down: after 10 failed authentications for one
 username from one client address within 15 minutes, that pair is refused (429) for a
@@ -22,14 +24,20 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import NamedTuple
 
 from giftcard_toolkit.server.ledger import Ledger
 
 _SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
 CACHE_SECONDS = 60.0
+# A credential in use is checked again this long before its cache entry expires, in the
+# background, while the entry still answers: the requests of a busy till never wait for scrypt.
+REFRESH_SECONDS = 15.0
 REALM = 'Basic realm="giftcard"'
 log = logging.getLogger("giftcard_toolkit.server")
 
@@ -68,6 +76,8 @@ _DUMMY_HASH = hash_password("not a real password", salt=b"0" * 16)
 class User:
     username: str
     stores: frozenset[str]
+    role: str = "clerk"
+    max_amount: Decimal | None = None  # the user's own limit per movement (None: none)
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -87,48 +97,135 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
     return username, password
 
 
-class Authenticator:
-    """Checks Basic credentials against the ledger's users, with a short verified cache."""
+@dataclass
+class _Entry:
+    """A verified header: until when it is trusted, for whom, and whether it is being
+    checked again ahead of that."""
 
-    def __init__(self, ledger: Ledger, cache_seconds: float = CACHE_SECONDS) -> None:
+    expires: float
+    user: User
+    refreshing: bool = False
+
+
+@dataclass
+class _Flight:
+    """One uncached check at a time per username; ``holders`` counts who holds or waits."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    holders: int = 0
+
+
+class Authenticator:
+    """Checks Basic credentials against the ledger's users, with a short verified cache.
+
+    A verified header is trusted for ``cache_seconds``. One used in the last
+    ``refresh_seconds`` of that is checked again in the background while it still answers,
+    so a till sending requests never waits for scrypt, and the old password of a user whose
+    password changed is refused at most ``cache_seconds`` later all the same. Uncached
+    checks run one at a time per username (single flight): requests that waited for one
+    find its answer in the cache instead of running scrypt again. Thread-safe; ``clock``
+    (seconds, monotonic) is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        cache_seconds: float = CACHE_SECONDS,
+        *,
+        refresh_seconds: float = REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0 <= refresh_seconds < cache_seconds:
+            raise ValueError("Authenticator needs 0 <= refresh_seconds < cache_seconds")
         self._ledger = ledger
         self._cache_seconds = cache_seconds
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
         self._cache_key = secrets.token_bytes(32)
-        self._cache: dict[bytes, tuple[float, User]] = {}
+        self._cache: dict[bytes, _Entry] = {}
+        self._flights: dict[str, _Flight] = {}
         self._lock = threading.Lock()
+        # One thread re-checks for everyone: refreshes never take more than a core from
+        # serving. Its thread ends when this object is collected.
+        self._refresher = ThreadPoolExecutor(1, thread_name_prefix="giftcard-auth-refresh")
 
     def _digest(self, header: str) -> bytes:
-        return hmac.new(self._cache_key, header.encode(), hashlib.sha256).digest()
+        return hmac.digest(self._cache_key, header.encode(), "sha256")  # one-shot: in C
 
     def cached(self, header: str | None) -> User | None:
-        """The user for a header verified within the cache period (cheap; no scrypt)."""
+        """The user for a header verified within the cache period: cheap, never waits for
+        scrypt; near the period's end it starts the entry's re-check in the background."""
         if not header:
             return None
-        entry = self._cache.get(self._digest(header))
-        if entry is None or entry[0] < time.monotonic():
+        digest = self._digest(header)
+        entry = self._cache.get(digest)
+        if entry is None:
             return None
-        return entry[1]
+        now = self._clock()
+        if now >= entry.expires:
+            return None
+        if now >= entry.expires - self._refresh_seconds and not entry.refreshing:
+            with self._lock:
+                start, entry.refreshing = not entry.refreshing, True
+            if start:
+                self._refresher.submit(self._refresh, header)
+        return entry.user
 
     def authenticate(self, header: str | None) -> User | None:
         """The user for an ``Authorization`` header, or None (missing, malformed or wrong)."""
         user = self.cached(header)
         if user is not None or header is None:
             return user
+        return self._verify(header, ahead=False)
+
+    def _refresh(self, header: str) -> None:
+        try:
+            self._verify(header, ahead=True)
+        except Exception:  # the ledger closed or failed: the entry expires as it would have
+            log.warning("re-checking cached credentials failed", exc_info=True)
+
+    def _verify(self, header: str, *, ahead: bool) -> User | None:
+        """scrypt, once per username at a time; the cache updated with the outcome.
+        ``ahead``: a refresh, needed unless another check renewed the entry meanwhile."""
         credentials = parse_basic(header)
         if credentials is None:
             return None
         username, password = credentials
-        record = self._ledger.user_record(username)
-        stored = record[0] if record else _DUMMY_HASH
-        if not verify_password(password, stored) or record is None:
-            return None
-        user = User(username, record[1])
-        with self._lock:
-            now = time.monotonic()
-            if len(self._cache) > 10_000:
-                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
-            self._cache[self._digest(header)] = (now + self._cache_seconds, user)
+        digest = self._digest(header)
+        with self._flight(username):
+            entry = self._cache.get(digest)
+            fresh_until = self._clock() + (self._refresh_seconds if ahead else 0)
+            if entry is not None and entry.expires > fresh_until:
+                return entry.user  # checked by the flight this one waited for
+            record = self._ledger.user_record(username)
+            stored = record.password_hash if record else _DUMMY_HASH
+            if not verify_password(password, stored) or record is None:
+                with self._lock:
+                    self._cache.pop(digest, None)  # changed or removed since it was cached
+                return None
+            user = User(username, record.stores, record.role, record.max_amount)
+            with self._lock:
+                now = self._clock()
+                if len(self._cache) > 10_000:
+                    self._cache = {k: v for k, v in self._cache.items() if v.expires > now}
+                self._cache[digest] = _Entry(now + self._cache_seconds, user)
         return user
+
+    @contextmanager
+    def _flight(self, username: str) -> Iterator[None]:
+        with self._lock:
+            flight = self._flights.get(username)
+            if flight is None:
+                flight = self._flights[username] = _Flight()
+            flight.holders += 1
+        try:
+            with flight.lock:
+                yield
+        finally:
+            with self._lock:
+                flight.holders -= 1
+                if not flight.holders:
+                    del self._flights[username]
 
 
 def username_of(header: str | None) -> str | None:

@@ -51,10 +51,12 @@ def ceiling_app():  # type: ignore[no-untyped-def]
     app = FastAPI()
     body = json.dumps({"statuscode": "000000", "description": "Success", "balance": 25.0})
 
-    @app.post("/Transaction/balancecheck")
     async def constant() -> Response:
         return Response(body, media_type="application/json")
 
+    # bench_latency.py sends its writes here too: the same constant answer at each path.
+    for path in ("/Transaction/balancecheck", "/Transaction/reload", "/Transaction/radeem"):
+        app.post(path)(constant)
     return app
 
 
