@@ -167,9 +167,16 @@ def _title_and_summary(notebook: Any, stem: str) -> tuple[str, str]:
         lines = cell.source.strip().splitlines()
         title = lines[0].lstrip("# ").strip() if lines and lines[0].startswith("#") else stem
         prose = " ".join(line.strip() for line in lines[1:] if line.strip())
-        sentence = re.split(r"(?<=[.!?:])\s", prose, maxsplit=1)[0] if prose else ""
+        prose = re.sub(r"[*`]", "", prose)  # markdown's emphasis and code marks
+        sentence = re.split(r"(?<=[.!?])\s", prose, maxsplit=1)[0] if prose else ""
         return title, sentence
     return stem, ""
+
+
+def _figures_and_time(report: Report) -> str:
+    count = len(report.figures)
+    figures = f"{count} figure{'s' if count != 1 else ''}, " if count else ""
+    return f"{figures}{report.seconds:.1f} s"
 
 
 def write_index(reports: list[Report], out: Path, heading: str = "Reports") -> Path:
@@ -178,8 +185,7 @@ def write_index(reports: list[Report], out: Path, heading: str = "Reports") -> P
 
     items = "\n".join(
         f'<li><a href="{escape(r.html.name)}">{escape(r.title or r.notebook)}</a>'
-        f" — {escape(r.summary)} <small>({len(r.figures)} figure(s), {r.seconds:.1f} s)"
-        "</small></li>"
+        f" — {escape(r.summary)} <small>({_figures_and_time(r)})</small></li>"
         for r in reports
     )
     page = out / "index.html"
@@ -287,6 +293,9 @@ def run(out: str | Path = "reports", notebooks: Path | None = None) -> list[Repo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     os.environ.pop("GIFTCARD_URL", None)  # the demo runs on the embedded server
+    from giftcard_toolkit.server.runner import prepare_demo
+
+    prepare_demo()  # seeded once here, copied by every notebook's server
     reports = asyncio.run(_run_notebooks(sources, out, timeout=300))
     write_index(reports, out, "giftcard_toolkit demo reports")
     return reports

@@ -94,6 +94,15 @@ def _demo_from_template(
     return open_demo(path, seed_number, as_of, shape, tz=tz, **options)
 
 
+def prepare_demo(seed_number: int = 0, as_of: date = DEFAULT_AS_OF, tz: tzinfo = UTC) -> None:
+    """Seed the demo's template now, once, so that the servers several processes start
+    next (the demo's notebooks, side by side) copy it rather than each seeding its own."""
+    with _templates_lock:
+        key = (seed_number, as_of, str(tz), repr(DEMO))
+        if key not in _templates:
+            _templates[key] = _template(seed_number, as_of, tz, DEMO)
+
+
 def _template(seed_number: int, as_of: date, tz: tzinfo, shape: Shape) -> Path:
     """The template for a seed, from the cache folder, seeded there first if missing."""
     digest = hashlib.sha256(f"{seed_number}|{as_of}|{tz}|{shape!r}".encode())
