@@ -35,6 +35,7 @@ except importlib.metadata.PackageNotFoundError:  # run from a folder, not instal
 _WINGS = {
     "accounting": "giftcard_toolkit.analysis.accounting",
     "analytics": "giftcard_toolkit.analysis.analytics",
+    "explore": "giftcard_toolkit.analysis.explore",
     "frames": "giftcard_toolkit.analysis.frames",
     "plots": "giftcard_toolkit.analysis.plots",
     "audit": "giftcard_toolkit.ops.audit",

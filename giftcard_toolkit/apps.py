@@ -1,4 +1,5 @@
-"""Web apps on top of the package: the ops console served as a page (Voilà).
+"""Web apps on top of the package: the ops console and the analysts' dashboard, each served
+as a page (Voilà).
 
     giftcard-toolkit console [--host 127.0.0.1] [--port 8866] [--demo] [--audit-log PATH]
                              [--idle-minutes 15] [--token T | --no-token ...]
@@ -13,6 +14,12 @@ receives the widgets, shows no code, and Voilà lets it send widget messages onl
 
 Served beyond this machine (``--host`` other than loopback), the page needs Voilà's token
 (one is made and printed in the URL unless given) and may be served over TLS.
+
+    giftcard-toolkit dashboard [--data PATH | --demo] [--host 127.0.0.1] [--port 8867]
+
+The dashboard is :data:`DASHBOARD_NOTEBOOK` (:func:`dashboard_page`): the explorer
+(``analysis.explore``) over a dataset written by ``frames.sync``, read only (no exports, no
+server access: its kernel reads the dataset's files and nothing else).
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ CONSOLE_NOTEBOOK = CONSOLE / "console.ipynb"
 # "lab" one, less the FontAwesome it fetches from a CDN, so the page needs no internet.
 TEMPLATES = CONSOLE
 DEFAULT_PORT = 8866
+DASHBOARD_NOTEBOOK = Path(__file__).resolve().parent / "analysis" / "dashboard" / "dashboard.ipynb"
+DASHBOARD_PORT = 8867
+# How the dashboard process tells the page's kernel which dataset to show (absolute path).
+DASHBOARD_DATA_VARIABLE = "GIFTCARD_DASHBOARD_DATA"
 DEFAULT_AUDIT_LOG = "audit.jsonl"
 # How the console process tells the page's kernel where the audit log is (an absolute path:
 # the kernel runs in the notebook's folder, inside the installed package).
@@ -93,6 +104,28 @@ def console_page(environ: Mapping[str, str] | None = None) -> Any:
     )
     who.add_class("gc-who")
     page = widgets.VBox([heading, who, console], layout=widgets.Layout(padding="0 12px"))
+    page.add_class("gc-page")
+    return page
+
+
+def dashboard_page(environ: Mapping[str, str] | None = None) -> Any:
+    """The dashboard's page, in the Voilà kernel: a heading, then the explorer over the
+    dataset the dashboard was started with (read only), or why it cannot show."""
+    import ipywidgets as widgets
+
+    from giftcard_toolkit.analysis import explore
+
+    environ = os.environ if environ is None else environ
+    heading = widgets.HTML("<h2 style='margin:4px 0'>Gift card dashboard</h2>")
+    data = environ.get(DASHBOARD_DATA_VARIABLE)
+    if not data:
+        shown = widgets.HTML(
+            f"<p style='color:#a10000'>{DASHBOARD_DATA_VARIABLE} is not set: start the page "
+            "with giftcard-toolkit dashboard --data PATH (or --demo).</p>"
+        )
+    else:
+        shown = explore.explorer(data, exports=False)
+    page = widgets.VBox([heading, shown], layout=widgets.Layout(padding="0 12px"))
     page.add_class("gc-page")
     return page
 
@@ -184,10 +217,12 @@ def console_server(
     timeout: float = 120.0,
     protection: Protection | None = None,
     idle_minutes: float = DEFAULT_IDLE_MINUTES,
+    notebook: Path = CONSOLE_NOTEBOOK,
 ) -> Iterator[ConsoleServer]:
-    """Serve the console with Voilà until the block ends; ``settings`` are the
-    ``GIFTCARD_*`` variables its kernel gets (they go nowhere else). ``log`` takes Voilà's
-    own output (default: this process's stderr). The URL carries the token, if any."""
+    """Serve the console (or another page's ``notebook``, such as the dashboard's) with
+    Voilà until the block ends; ``settings`` are the ``GIFTCARD_*`` variables its kernel
+    gets (they go nowhere else). ``log`` takes Voilà's own output (default: this process's
+    stderr). The URL carries the token, if any."""
     protection = protection or Protection()
     environ = {
         **{k: v for k, v in os.environ.items() if k not in SETTINGS},
@@ -202,7 +237,7 @@ def console_server(
         sys.executable,
         "-m",
         "giftcard_toolkit.apps",  # Voilà, able to serve TLS (see _voila)
-        str(CONSOLE_NOTEBOOK),
+        str(notebook),
         "--no-browser",
         f"--port={port}",
         "--Voila.port_retries=0",  # the port asked for, or a clear failure
@@ -350,6 +385,61 @@ def serve_console(
             )
         )
         print(f"ops console: {served.url} (Ctrl-C to stop)\n  {who}; audit log {audit}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            served.process.wait()
+        if served.process.returncode not in (None, 0, -signal.SIGTERM):
+            raise SystemExit(f"error: Voilà stopped (exit code {served.process.returncode})")
+
+
+def serve_dashboard(
+    *,
+    data: str | Path | None = None,
+    demo: bool = False,
+    host: str = "127.0.0.1",
+    port: int = DASHBOARD_PORT,
+    protection: Protection | None = None,
+) -> None:
+    """``giftcard-toolkit dashboard``: check the dataset (or sync the demo server's history
+    into a temporary one), serve the page, print its URL, and run until Ctrl-C."""
+    import tempfile
+
+    from giftcard_toolkit.analysis import dataset
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_stopped_by_sigterm())
+        if demo:
+            from giftcard_toolkit.client import GiftCardClient
+            from giftcard_toolkit.server import running
+
+            srv = stack.enter_context(running())
+            assert srv.username is not None and srv.password is not None
+            data = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "history"
+            with GiftCardClient(
+                srv.url, srv.username, srv.password, card_key=srv.card_key
+            ) as client:
+                dataset.sync(client, data, progress=False)
+            print(f"demo data: the seeded demo server's history, synced into {data}", flush=True)
+        if data is None:
+            raise SystemExit("error: give --data PATH (a dataset written by frames.sync) or --demo")
+        try:
+            dataset.scan(data)
+        except (dataset.DatasetError, OSError) as failed:
+            raise SystemExit(
+                f"error: {data} is not a dataset ({failed}); write one with "
+                "frames.sync(client, PATH), or try --demo"
+            ) from None
+        settings = {DASHBOARD_DATA_VARIABLE: str(Path(data).expanduser().resolve())}
+        served = stack.enter_context(
+            console_server(
+                settings,
+                host=host,
+                port=port,
+                protection=protection,
+                notebook=DASHBOARD_NOTEBOOK,
+                audit_log=os.devnull,  # the dashboard changes nothing: no audit log
+            )
+        )
+        print(f"dashboard: {served.url} (Ctrl-C to stop); data {settings[DASHBOARD_DATA_VARIABLE]}")
         with contextlib.suppress(KeyboardInterrupt):
             served.process.wait()
         if served.process.returncode not in (None, 0, -signal.SIGTERM):

@@ -16,6 +16,7 @@ giftcard-toolkit admin --db PATH stores
 giftcard-toolkit console [--host 127.0.0.1] [--port 8866] [--demo [--sign-in]] [--audit-log PATH]
                          [--idle-minutes 15] [--token TOKEN | --no-token
                          [--i-know-this-is-unprotected]] [--certfile PEM --keyfile PEM]
+giftcard-toolkit dashboard (--data PATH | --demo) [--host 127.0.0.1] [--port 8867] [--token T]
 giftcard-toolkit bulk FILE [--dry-run] [--journal PATH] [--audit-log PATH] [--concurrency N]
 """
 
@@ -499,6 +500,16 @@ def _console(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from giftcard_toolkit import apps
+
+    protection = apps.Protection.for_host(args.host, token=args.token)
+    apps.serve_dashboard(
+        data=args.data, demo=args.demo, host=args.host, port=args.port, protection=protection
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="giftcard-toolkit", description="POSPointe GiftCard toolkit and embedded server."
@@ -663,6 +674,22 @@ def build_parser() -> argparse.ArgumentParser:
     console.add_argument("--certfile", help="TLS certificate (PEM): serve over https")
     console.add_argument("--keyfile", help="TLS private key (PEM), with --certfile")
     console.set_defaults(func=_console)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve the analysts' explorer as a read-only web page (Voilà), until Ctrl-C",
+        description="Serve the explorer (stores, dates, measure, grain) over a dataset "
+        "written by frames.sync as a read-only page. --demo syncs the seeded demo server's "
+        "history into a temporary dataset. Beyond loopback (--host) the page needs its token "
+        "(printed in its URL).",
+    )
+    source = dashboard.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="the dataset folder (written by frames.sync)")
+    source.add_argument("--demo", action="store_true", help="on the seeded demo history")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8867)
+    dashboard.add_argument("--token", help="the page's access token (default: made off loopback)")
+    dashboard.set_defaults(func=_dashboard)
 
     fixes = commands.add_parser(
         "bulk",
