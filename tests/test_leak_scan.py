@@ -198,6 +198,9 @@ def _on_the_console_page(url, store, card, log, secret, wrong, tmp_path) -> None
 
     from giftcard_toolkit.ops.forms import SignInConsole
 
+    # Only this page's widgets in the saved state: earlier tests of the same process leave
+    # forms with the cards they typed (as a person's unsent form would hold theirs).
+    ipywidgets.Widget.close_all()
     page = SignInConsole(url, audit_log=log)
     for password in (wrong, secret["till"]):
         page.username.value, page.password.value = "till", password

@@ -1,7 +1,9 @@
 """The README's two quick-start commands, verbatim, from a fresh clone.
 
-Slow (a new virtual environment, every notebook, the whole suite), so it runs in CI
-(``CI=true``) or when ``GIFTCARD_QUICKSTART=1`` is set; the run it starts skips it.
+Slow (a new virtual environment, the demo, lint, types and every notebook), so it runs in
+CI (``CI=true``) or when ``GIFTCARD_QUICKSTART=1`` is set. The ``./dev test`` it starts
+leaves the tests under tests/ to the run that started it (see conftest.py): that run is the
+same command on a fresh clone already.
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ from giftcard_toolkit import cli, demo
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+# The web pages' notebooks ship too (apps.py serves them with Voilà).
+PAGES = ["console.ipynb", "dashboard.ipynb"]
 
 
 def test_the_version_comes_from_the_installed_metadata(capsys):
@@ -66,7 +68,9 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_ships_the_notebooks(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    assert sorted(n.split("/")[-1] for n in names if n.endswith(".ipynb")) == SHIPPED
+    assert sorted(n.split("/")[-1] for n in names if n.endswith(".ipynb")) == sorted(
+        SHIPPED + PAGES
+    )
 
 
 def test_installed_from_the_wheel_the_commands_work_from_an_empty_folder(wheel, tmp_path):
