@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from giftcard_toolkit import scratch
+
 CONSOLE = Path(__file__).resolve().parent / "ops" / "console"
 CONSOLE_NOTEBOOK = CONSOLE / "console.ipynb"
 # Where Voilà finds the console's page template (voila/templates/giftcard): Voilà's own
@@ -280,13 +282,7 @@ def console_server(
             time.sleep(0.2)
         yield ConsoleServer(f"{url}?token={protection.token}" if protection.token else url, process)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        scratch.stop(process, signal.SIGTERM)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from typing import Any
 import browserkit
 import pytest
 
-from giftcard_toolkit import GiftCardClient, audit
+from giftcard_toolkit import GiftCardClient, audit, scratch
 from giftcard_toolkit.server.runner import free_port
 from giftcard_toolkit.server.seed import DEMO_USERS, DemoCard, read_card_stock
 
@@ -117,14 +117,7 @@ def console(tmp_path_factory) -> Iterator[Console]:
                 set(),
             )
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)  # Ctrl-C
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise
+        scratch.stop(process, signal.SIGINT, timeout=30)  # Ctrl-C
     assert process.returncode == 0, said.read_text()
     assert not browserkit.answers(url), "Voilà stopped with the console"
 
@@ -453,12 +446,7 @@ def lab(tmp_path) -> Iterator[str]:
         )
         yield f"{url}/lab/tree/03-ops-card-fixes.ipynb?token={token}"
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        scratch.stop(process, signal.SIGTERM, timeout=30)
 
 
 def test_the_same_console_renders_in_jupyterlab(lab, tmp_path):

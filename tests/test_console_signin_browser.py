@@ -23,7 +23,7 @@ import browserkit
 import httpx
 import pytest
 
-from giftcard_toolkit import GiftCardClient, audit
+from giftcard_toolkit import GiftCardClient, audit, scratch
 from giftcard_toolkit.server import hash_password
 from giftcard_toolkit.server.runner import free_port
 
@@ -70,13 +70,7 @@ def _started(process: subprocess.Popen[bytes], said: Path) -> str:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    scratch.stop(process, signal.SIGINT, timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from typing import Any
 import browserkit
 import pytest
 
+from giftcard_toolkit import scratch
 from giftcard_toolkit.server.runner import free_port
 
 FIGURE = ".gc-explore-figure"
@@ -48,14 +49,7 @@ def dashboard(tmp_path_factory) -> Iterator[str]:
         assert url == f"http://127.0.0.1:{port}/"
         yield url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # a service manager's stop
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise
+        scratch.stop(process, signal.SIGTERM, timeout=30)  # a service manager's stop
     assert process.returncode == 0, said.read_text()
     assert not browserkit.answers(url), "Voilà stopped with the dashboard"
 

@@ -7,7 +7,6 @@ import hashlib
 import ipaddress
 import logging
 import os
-import signal
 import socket
 import sqlite3
 import ssl
@@ -417,13 +416,7 @@ def server_process(
             time.sleep(0.1)
         yield ServerProcess(url, process)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        scratch.stop(process)
 
 
 def _answers(url: str, context: ssl.SSLContext | None = None) -> bool:
