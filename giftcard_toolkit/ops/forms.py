@@ -170,6 +170,17 @@ class _ApprovalBox(widgets.VBox):
             client.base_url, username, password, card_cipher=getattr(client, "_cipher", None)
         )
 
+    def ready(self, client: Any, output: widgets.HTML) -> tuple[bool, Any]:
+        """(whether to send, the approver to send under): the supervisor signs in when
+        approval is needed; a refusal is said in ``output`` and nothing is sent."""
+        if not self.needed:
+            return True, None
+        try:
+            return True, self.approver(client)
+        except errors.GiftCardError as failed:
+            _say(output, f"Not approved, nothing was sent: {failed}", False)
+            return False, None
+
     def release(self, approver: Any) -> None:
         """Sign out an approver signed in on this screen (not one given from code)."""
         if approver is not None and approver is not self.given:
@@ -356,13 +367,9 @@ class OperationForm(widgets.VBox):
         request = self._reviewed
         if request is None or self._busy:
             return
-        approver = None
-        if self.approval.needed:
-            try:
-                approver = self.approval.approver(self.client)
-            except errors.GiftCardError as failed:  # the Review stays: try again or Cancel
-                _say(self.output, f"Not approved, nothing was sent: {failed}", False)
-                return
+        approved, approver = self.approval.ready(self.client, self.output)
+        if not approved:  # the Review stays: try again or Cancel
+            return
         self._reviewed = None  # a second click finds nothing
         try:
             self._apply(request, approver)
@@ -780,13 +787,9 @@ class CardForm(widgets.VBox):
         request = self._reviewed
         if request is None or self._busy:
             return
-        approver = None
-        if self.approval.needed:
-            try:
-                approver = self.approval.approver(self.client)
-            except errors.GiftCardError as failed:  # the Review stays: try again or Cancel
-                _say(self.output, f"Not approved, nothing was sent: {failed}", False)
-                return
+        approved, approver = self.approval.ready(self.client, self.output)
+        if not approved:  # the Review stays: try again or Cancel
+            return
         self._reviewed = None  # a second click finds nothing
         self._set_busy(True)
         try:
