@@ -274,7 +274,10 @@ def breakage(
     ax.set_xlabel("time since the card was last used")
     ax.set_ylabel("balance (USD)")
     _dollars(ax.yaxis)
-    ax.legend(loc="upper right")
+    # Room above the tallest bar (often the oldest bucket, on the right) for its count and
+    # the legend, so neither hides the other.
+    ax.set_ylim(top=ax.get_ylim()[1] * 1.2)
+    ax.legend(loc="upper left")
     parts = ", ".join(
         f"{name} {_usd(value)} on {cards:,} cards"
         for name, value, cards in table.select("idle", "balance", "cards").iter_rows()
