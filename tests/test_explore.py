@@ -236,3 +236,24 @@ def test_an_interaction_reuses_the_aggregates(demo, ex, monkeypatch):
     ex.grain.value = "day"
     ex.grain.value = "week"
     assert len(calls) == 1  # the new grain, once
+
+
+def test_the_redemption_curve_of_other_stores_reuses_the_aggregate(demo, ex, monkeypatch):
+    """The curve is computed once per grain for every store; choosing stores adds up their
+    rows (the answer checked against analytics in the test above), with no new scan."""
+    ex.measure.value, ex.grain.value = "redemption curve", "month"
+    stores = stores_of(demo[2])
+    choices = (stores[:1], stores[1:3], stores)
+    expected = [direct(demo[2], "redemption curve", "month", stores=c) for c in choices]
+    calls = []
+    real = analytics.redemption_curve
+    monkeypatch.setattr(
+        analytics, "redemption_curve", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    ex.all_stores.value = False
+    for chosen, answer in zip(choices, expected, strict=True):
+        ex.stores.value = tuple(chosen)
+        assert_frame_equal(ex.table, answer)
+    ex.compare.value = True
+    ex.since.value = date(2025, 3, 3)
+    assert calls == []

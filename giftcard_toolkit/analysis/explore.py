@@ -255,14 +255,39 @@ class Explorer(widgets.VBox):
         return self._aggregate(("breakage",), lambda: analytics.breakage(txs, tz=tz, by="store"))
 
     def _curve(self, every: str, chosen: list[str] | None) -> pl.DataFrame:
-        """The redemption curve (cohorts of ``every``) of the chosen stores, once per choice:
-        its shares cannot be added up across stores."""
-        key = ("curve", every, tuple(chosen) if chosen else None)
-        return self._aggregate(
-            key,
-            lambda: analytics.redemption_curve(
-                self._txs, cohort=every, tz=self._tz, stores=chosen, by="store"
-            ),
+        """The redemption curve (cohorts of ``every``) of every store and the total, computed
+        once per grain; the chosen stores' own total is added up from their rows."""
+        per_store = self._aggregate(
+            ("curve", every),
+            lambda: analytics.redemption_curve(self._txs, cohort=every, tz=self._tz, by="store"),
+        )
+        if chosen is None:
+            return per_store
+        rows = per_store.filter(pl.col("store_id").is_in(chosen))
+        return pl.concat([self._curve_total(rows, chosen), rows])
+
+    def _curve_total(self, rows: pl.DataFrame, chosen: list[str]) -> pl.DataFrame:
+        """The chosen stores' curve from their own rows, as ``redemption_curve(stores=)``
+        gives it. Shares do not add up, so the sums do and the share is taken anew; a cohort's
+        N is known for the stores together only where it is known for each store that sold
+        to that cohort (every store has N = 0, so those are counted there)."""
+        keys = ["cohort_start", "cohort_end", "days"]
+        selling = (
+            rows.filter(pl.col("days") == 0).group_by("cohort_start").agg(pl.len().alias("selling"))
+        )
+        known = (
+            rows.group_by(keys)
+            .agg(pl.len().alias("stores"))
+            .join(selling, on="cohort_start")
+            .filter(pl.col("stores") == pl.col("selling"))
+        )
+        stores = self.known_stores.filter(pl.col("store_id").is_in(chosen))
+        sums = ["cards", "loaded", "redeemed"]
+        total = analytics._split(rows.drop("share"), keys, sums, None, stores)
+        return total.join(known.select(keys), on=keys, how="semi").with_columns(
+            pl.when(pl.col("loaded") > 0)
+            .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
+            .alias("share")
         )
 
     # ---------------------------------------------------------------- choice
