@@ -24,6 +24,7 @@ from giftcard_toolkit.server import app as app_module
 from giftcard_toolkit.server import ledger as ledger_module
 from giftcard_toolkit.server import running
 from giftcard_toolkit.server.ledger import CardRef, WriterStopped
+from giftcard_toolkit.server.ledger import sqlite as sqlite_storage
 
 
 class WriterKiller(BaseException):
@@ -121,7 +122,7 @@ def test_writes_queued_with_a_killer_are_all_answered_and_the_books_stay_exact()
 
 
 def test_a_stuck_writer_shows_on_health_and_requests_answer_503_in_time(monkeypatch):
-    monkeypatch.setattr(ledger_module, "WRITER_STALL_AFTER", 0.3)
+    monkeypatch.setattr(sqlite_storage, "WRITER_STALL_AFTER", 0.3)
     monkeypatch.setattr(app_module, "WRITE_TIMEOUT", 0.5)
     with running() as srv:
         pos = Pos(srv)

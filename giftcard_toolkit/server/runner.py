@@ -65,7 +65,7 @@ class RunningServer:
 _templates: dict[tuple[int, date, str, str], Path] = {}
 _templates_lock = threading.Lock()
 # The sources a seeded database depends on: a change to any makes a new template.
-_SEED_SOURCES = ("seed.py", "ledger.py", "auth.py", "schemas.py")
+_SEED_SOURCES = ("seed.py", "ledger/*.py", "auth.py", "schemas.py")
 _KEEP_TEMPLATES = 3
 
 
@@ -106,8 +106,9 @@ def _template(seed_number: int, as_of: date, tz: tzinfo, shape: Shape) -> Path:
     """The template for a seed, from the cache folder, seeded there first if missing."""
     digest = hashlib.sha256(f"{seed_number}|{as_of}|{tz}|{shape!r}".encode())
     here = Path(__file__).resolve().parent
-    for name in _SEED_SOURCES:
-        digest.update((here / name).read_bytes())
+    for pattern in _SEED_SOURCES:
+        for source in sorted(here.glob(pattern)):
+            digest.update(source.read_bytes())
     name = f"demo-{digest.hexdigest()[:16]}.sqlite"
     folder = Path(
         os.environ.get("GIFTCARD_CACHE_DIR") or Path.home() / ".cache" / "giftcard_toolkit"
