@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit(
             f"unknown time zone {args.tz!r}: use a name like America/New_York"
         ) from None
-    if args.seed is None:
+    if args.seed is None and not (args.db or "").startswith(("postgresql://", "postgres://")):
         db = Path(args.db or "giftcard.sqlite")
         if not db.exists():
             raise SystemExit(
@@ -108,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         certfile=args.certfile,
         keyfile=args.keyfile,
         shape=shape,
+        workers=args.workers,
     )
     return 0
 
@@ -158,11 +159,19 @@ def _notebooks(args: argparse.Namespace) -> int:
 
 def _ledger(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from giftcard_toolkit.server import Ledger
+    from giftcard_toolkit.server.ledger import DatabaseUnavailable, SchemaMismatch
+    from giftcard_toolkit.server.ledger.postgres import is_postgres_url
 
-    path = Path(args.db)
-    if not path.exists() and args.command != "add-store":
-        raise SystemExit(f"{path} does not exist: start with 'admin --db {path} add-store'")
-    return Ledger(path)
+    if is_postgres_url(args.db):
+        where: str | Path = args.db
+    else:
+        where = Path(args.db)
+        if not where.exists() and args.command != "add-store":
+            raise SystemExit(f"{where} does not exist: start with 'admin --db {where} add-store'")
+    try:
+        return Ledger(where)
+    except (DatabaseUnavailable, SchemaMismatch) as refused:
+        raise SystemExit(f"{refused}; nothing was changed") from None
 
 
 def _add_store(args: argparse.Namespace) -> int:
@@ -309,6 +318,28 @@ def _list_users(args: argparse.Namespace) -> int:
             print(f"{account.username}  role {account.role}  limit {limit}  stores: {stores}")
     finally:
         ledger.close()
+    return 0
+
+
+def _copy_from_sqlite(args: argparse.Namespace) -> int:
+    """Move a server from SQLite to PostgreSQL: every row, in one transaction."""
+    from giftcard_toolkit.server.ledger import DatabaseUnavailable, SchemaMismatch
+    from giftcard_toolkit.server.ledger.postgres import copy_from_sqlite, is_postgres_url
+
+    if not is_postgres_url(args.db):
+        raise SystemExit(
+            f"--db {args.db} is not a PostgreSQL url: give the target as "
+            "--db postgresql://user@host/dbname; nothing was copied"
+        )
+    source = Path(args.source)
+    if not source.is_file():
+        raise SystemExit(f"{source} does not exist: give the SQLite file of the server")
+    try:
+        copied = copy_from_sqlite(source, args.db)
+    except (DatabaseUnavailable, SchemaMismatch, ValueError) as refused:
+        raise SystemExit(f"{refused}; nothing was copied") from None
+    rows = ", ".join(f"{table} {count:,}" for table, count in copied.items() if table != "meta")
+    print(f"copied {source} into PostgreSQL: {rows}")
     return 0
 
 
@@ -522,7 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8800)
     serve.add_argument(
         "--db",
-        help="SQLite file (default giftcard.sqlite, or giftcard-demo.sqlite with --seed demo)",
+        help="SQLite file (default giftcard.sqlite, or giftcard-demo.sqlite with --seed demo), "
+        "or a PostgreSQL url: postgresql://user@host:5432/dbname (password in PGPASSWORD or "
+        "~/.pgpass)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes side by side (PostgreSQL only; default 1)",
     )
     serve.add_argument(
         "--seed",
@@ -588,7 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     notebooks.set_defaults(func=_notebooks)
 
     admin = commands.add_parser("admin", help="manage stores, users and card stock")
-    admin.add_argument("--db", default="giftcard.sqlite", help="SQLite file of the server")
+    admin.add_argument(
+        "--db",
+        default="giftcard.sqlite",
+        help="the server's SQLite file, or its PostgreSQL url (postgresql://user@host/dbname)",
+    )
     actions = admin.add_subparsers(dest="command", required=True)
     store = actions.add_parser("add-store", help="add a store")
     store.add_argument("--name", required=True)
@@ -629,6 +672,12 @@ def build_parser() -> argparse.ArgumentParser:
     issue.set_defaults(func=_issue_cards)
     listing = actions.add_parser("stores", help="list the stores")
     listing.set_defaults(func=_stores)
+    move = actions.add_parser(
+        "copy-from-sqlite",
+        help="copy a SQLite server's whole ledger into the empty PostgreSQL database of --db",
+    )
+    move.add_argument("source", help="the SQLite file (stop its server first)")
+    move.set_defaults(func=_copy_from_sqlite)
 
     console = commands.add_parser(
         "console",

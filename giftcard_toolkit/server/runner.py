@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import ipaddress
+import json
 import logging
 import os
 import socket
@@ -14,10 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, tzinfo
+from datetime import UTC, date, datetime, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -28,7 +29,16 @@ from giftcard_toolkit import scratch
 from giftcard_toolkit.cards import AesGcmCardCipher
 from giftcard_toolkit.server.app import MAX_BODY, create_app
 from giftcard_toolkit.server.auth import Throttle
-from giftcard_toolkit.server.ledger import Clock, Ledger, Limits, Store, utc_now
+from giftcard_toolkit.server.ledger import (
+    Clock,
+    DatabaseUnavailable,
+    Ledger,
+    Limits,
+    SchemaMismatch,
+    Store,
+    utc_now,
+)
+from giftcard_toolkit.server.ledger.postgres import copy_from_sqlite, is_postgres_url
 from giftcard_toolkit.server.seed import (
     DEFAULT_AS_OF,
     DEMO,
@@ -61,6 +71,11 @@ class RunningServer:
     ledger: Ledger = field(repr=False)
     app: FastAPI = field(repr=False)
 
+
+# Where ``running()`` keeps a server's database when no ``db_path`` is given: None, a
+# SQLite file in a scratch folder; or a function answering a new PostgreSQL database's url
+# for each server (the test suite runs the server suite on both backends this way).
+database_factory: Callable[[], str] | None = None
 
 _templates: dict[tuple[int, date, str, str], Path] = {}
 _templates_lock = threading.Lock()
@@ -197,13 +212,21 @@ def running(
     an empty database with no users. ``clock`` drives token expiry, batches and card
     expiry, so tests move time instead of sleeping. ``throttle`` counts failed
     authentications (a short window for tests); ``max_body`` is the body limit in bytes.
-    ``shape`` seeds a chain of another size (``seed.chain(stores, days)``).
+    ``shape`` seeds a chain of another size (``seed.chain(stores, days)``). ``db_path`` may
+    be a PostgreSQL url (an empty database gets a copy of the demo).
     """
+    if db_path is None and database_factory is not None:
+        db_path = database_factory()
     with scratch.scratch("server") as tmp:
-        path = Path(db_path) if db_path else tmp / "giftcard.sqlite"
+        postgres = is_postgres_url(str(db_path))
+        path = Path(db_path) if db_path and not postgres else tmp / "giftcard.sqlite"
         options: dict[str, object] = {"clock": clock, "limits": limits}
         demo: DemoData | None = None
-        if seed == "demo":
+        if postgres and seed == "demo":
+            ledger, demo = demo_in_postgres(str(db_path), seed_number, as_of, tz, shape, **options)
+        elif postgres and seed is None:
+            ledger = Ledger(str(db_path), clock=clock, tz=tz, limits=limits)
+        elif seed == "demo":
             if db_path is None:
                 ledger, demo = _demo_from_template(path, seed_number, as_of, tz, shape, **options)
             else:
@@ -257,13 +280,63 @@ def serve(
     certfile: str | Path | None = None,
     keyfile: str | Path | None = None,
     shape: Shape = DEMO,
+    workers: int = 1,
 ) -> None:
     """Run the server in the foreground until interrupted (``giftcard-toolkit serve``).
 
     With ``certfile`` (PEM, the certificate chain; the key too unless ``keyfile``) it
     speaks HTTPS only. Listening beyond loopback without it is allowed (a TLS proxy may
     stand in front on another machine) but warned about: passwords travel in every request.
+    ``db`` may be a PostgreSQL url (``postgresql://user@host/db``); then ``workers``
+    processes serve it side by side (a SQLite ledger has one writer: one process).
     """
+    postgres = is_postgres_url(str(db) if db is not None else None)
+    if workers < 1:
+        raise SystemExit(f"--workers {workers}: give 1 or more")
+    if workers > 1 and not postgres:
+        raise SystemExit(
+            f"--workers {workers} needs a PostgreSQL database (--db postgresql://...): a "
+            "SQLite ledger is written by one process. Run one worker, or move to PostgreSQL "
+            "(README: PostgreSQL)."
+        )
+    try:
+        _serve(
+            host=host,
+            port=port,
+            db=db,
+            seed=seed,
+            seed_number=seed_number,
+            card_stock=card_stock,
+            as_of=as_of,
+            tz=tz,
+            log_level=log_level,
+            max_body=max_body,
+            certfile=certfile,
+            keyfile=keyfile,
+            shape=shape,
+            workers=workers,
+        )
+    except (DatabaseUnavailable, SchemaMismatch) as refused:
+        raise SystemExit(f"cannot serve: {refused}") from None
+
+
+def _serve(
+    *,
+    host: str,
+    port: int,
+    db: str | Path | None,
+    seed: str | None,
+    seed_number: int,
+    card_stock: str | Path | None,
+    as_of: date,
+    tz: str,
+    log_level: str,
+    max_body: int,
+    certfile: str | Path | None,
+    keyfile: str | Path | None,
+    shape: Shape,
+    workers: int,
+) -> None:
     if keyfile and not certfile:
         raise SystemExit("--keyfile needs --certfile (the certificate it belongs to)")
     for name, given in (("--certfile", certfile), ("--keyfile", keyfile)):
@@ -286,11 +359,16 @@ def serve(
                 "refusing to serve the demo (its passwords are public) on a non-loopback "
                 f"address {host}: use --host 127.0.0.1"
             )
-        path = Path(db or f"giftcard-{seed}.sqlite")
-        ledger, demo = open_demo(path, seed_number, as_of, shape, tz=zone, card_cipher=cipher)
+        if is_postgres_url(str(db)):
+            ledger, demo = demo_in_postgres(
+                str(db), seed_number, as_of, zone, shape, card_cipher=cipher
+            )
+        else:
+            db = Path(db or f"giftcard-{seed}.sqlite")
+            ledger, demo = open_demo(db, seed_number, as_of, shape, tz=zone, card_cipher=cipher)
         if card_stock:
             write_card_stock(demo.card_stock, card_stock)
-        print(f"demo data (seed {seed_number}, {shape}, as of {demo.as_of}) in {path}")
+        print(f"demo data (seed {seed_number}, {shape}, as of {demo.as_of}) in {ledger.where}")
         for store in demo.stores:
             print(f"  store {store.id} {store.name!r}")
         for name, password in demo.users.items():
@@ -299,14 +377,13 @@ def serve(
         if card_stock:
             print(f"  card stock written to {card_stock}")
     elif seed is None:
-        path = Path(db or "giftcard.sqlite")
-        ledger = Ledger(path, tz=zone, card_cipher=cipher)
+        ledger = Ledger(db or "giftcard.sqlite", tz=zone, card_cipher=cipher)
         if ledger.user_count() == 0:
             log.warning(
                 "%s has no users: every authenticated endpoint answers 401. Add one with "
                 "'giftcard-toolkit admin --db %s add-user NAME --store STORE_ID'",
-                path,
-                path,
+                ledger.where,
+                ledger.where,
             )
     else:
         raise SystemExit(f"unknown --seed {seed!r}: the seeds are 'demo' and 'chain'")
@@ -318,7 +395,30 @@ def serve(
             "front (README: production)",
             host,
         )
-    print(f"serving on {scheme}://{host}:{port} (Ctrl-C to stop)", flush=True)
+    print(
+        f"serving on {scheme}://{host}:{port} (Ctrl-C to stop)"
+        + (f", {workers} worker processes" if workers > 1 else ""),
+        flush=True,
+    )
+    tls = {
+        "ssl_certfile": str(certfile) if certfile else None,
+        "ssl_keyfile": str(keyfile) if keyfile else None,
+    }
+    if workers > 1:  # each worker process opens the database and builds the app itself
+        ledger.close()
+        os.environ[_WORKER_CONFIG] = json.dumps({"db": str(db), "tz": tz, "max_body": max_body})
+        uvicorn.run(
+            f"{__name__}:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level=log_level,
+            access_log=False,
+            lifespan="off",
+            **tls,  # type: ignore[arg-type]
+        )
+        return
     app = create_app(ledger, max_body=max_body)
     # Everything made so far lives as long as the server: keep it out of the collector's
     # way, which otherwise rescans it on every full collection under load.
@@ -332,11 +432,62 @@ def serve(
             log_level=log_level,
             access_log=False,
             lifespan="off",
-            ssl_certfile=str(certfile) if certfile else None,
-            ssl_keyfile=str(keyfile) if keyfile else None,
+            **tls,  # type: ignore[arg-type]
         )
     finally:
         ledger.close()
+
+
+# What ``serve --workers N`` tells each worker process (JSON: db, tz, max_body); the card
+# key, if any, stays in GIFTCARD_CARD_KEY.
+_WORKER_CONFIG = "GIFTCARD_SERVE_WORKER"
+
+
+def worker_app() -> FastAPI:
+    """One worker process's app (uvicorn's factory for ``serve --workers N``)."""
+    config = json.loads(os.environ[_WORKER_CONFIG])
+    key = os.environ.get("GIFTCARD_CARD_KEY")
+    ledger = Ledger(
+        config["db"],
+        tz=ZoneInfo(config["tz"]),
+        card_cipher=AesGcmCardCipher.from_base64(key) if key else None,
+    )
+    app = create_app(ledger, max_body=config["max_body"])
+    gc.collect()
+    gc.freeze()
+    return app
+
+
+def demo_in_postgres(
+    url: str,
+    seed_number: int,
+    as_of: date,
+    tz: tzinfo,
+    shape: Shape = DEMO,
+    **options: object,
+) -> tuple[Ledger, DemoData]:
+    """The demo in a PostgreSQL database: a new one gets a copy of the demo seeded in SQLite
+    (the cached template; or a scratch one for a history up to now), an existing demo is
+    reopened as it is, anything else is refused untouched."""
+    probe = Ledger(url, tz=tz)
+    try:
+        empty = probe.meta("kind") is None and not probe.stores()
+    finally:
+        probe.close()
+    if empty:
+        if isinstance(as_of, datetime):  # ``serve`` with no --as-of: history up to now
+            with scratch.scratch("seed") as tmp:
+                seeded, _ = open_demo(tmp / "demo.sqlite", seed_number, as_of, shape, tz=tz)
+                seeded.close()
+                copy_from_sqlite(tmp / "demo.sqlite", url)
+        else:
+            with _templates_lock:
+                key = (seed_number, as_of, str(tz), repr(shape))
+                template = _templates.get(key)
+                if template is None:
+                    template = _templates[key] = _template(seed_number, as_of, tz, shape)
+            copy_from_sqlite(template, url)
+    return open_demo(url, seed_number, as_of, shape, tz=tz, **options)
 
 
 @dataclass
@@ -366,12 +517,14 @@ def server_process(
     keyfile: str | Path | None = None,
     max_body: int | None = None,
     shape: Shape = DEMO,
+    workers: int = 1,
 ) -> Iterator[ServerProcess]:
     """Run the server in its own process on a free loopback port, until the block ends.
 
     For benchmarks (the load generator must not share the server's interpreter) and crash
     tests (which kill it). ``log`` receives its output (access log included at ``info``).
     With ``certfile`` it serves HTTPS (the url says ``https``), trusted here as its own CA.
+    ``db`` may be a PostgreSQL url, served by ``workers`` processes.
     """
     port = free_port()
     command = [
@@ -405,6 +558,8 @@ def server_process(
         command += ["--keyfile", str(keyfile)]
     if max_body is not None:
         command += ["--max-body", str(max_body)]
+    if workers != 1:
+        command += ["--workers", str(workers)]
     with open(log or os.devnull, "ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)  # noqa: S603
     url = f"{'https' if certfile else 'http'}://127.0.0.1:{port}"

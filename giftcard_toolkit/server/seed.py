@@ -42,6 +42,7 @@ from giftcard_toolkit.server.ledger import (
     demo_card_key,
     new_card_number,
 )
+from giftcard_toolkit.server.ledger.postgres import is_postgres_url
 
 DEFAULT_AS_OF = date(2026, 9, 30)
 HISTORY_DAYS = 730  # two years: deep enough for breakage, dormancy and cohort analyses
@@ -510,7 +511,7 @@ def seed_demo(
     as_of, until = _anchor(as_of, ledger.tz)
     plan = _plan(seed_number, shape)
     if ledger.meta("kind") is not None or ledger.stores():
-        raise NotADemoDatabase(f"{ledger.path} is not empty; seed a new database")
+        raise NotADemoDatabase(f"{ledger.where} is not empty; seed a new database")
     with ledger.write():
         ledger.set_meta("kind", "demo")
         ledger.set_meta("seed_number", str(seed_number))
@@ -543,12 +544,23 @@ def open_demo(
     An existing demo database of the same seed number and shape is reopened as it is (live
     changes kept). A database with real data, another seed or shape, is refused untouched.
     """
-    path = Path(path)
-    existed = path.exists() and path.stat().st_size > 0
-    if existed:
-        _refuse_unless_demo(path, seed_number, shape)
     plan = _plan(seed_number, shape)
-    ledger = Ledger(path, new_secret=plan.secret, **ledger_options)  # type: ignore[arg-type]
+    if is_postgres_url(path):
+        ledger = Ledger(path, new_secret=plan.secret, **ledger_options)  # type: ignore[arg-type]
+        stored = {key: ledger.meta(key) for key in ("kind", "seed_number", "shape")}
+        existed = stored["kind"] is not None or bool(ledger.stores())
+        if existed:
+            try:
+                _refuse_unless_demo(ledger.where, stored, seed_number, shape)
+            except NotADemoDatabase:
+                ledger.close()
+                raise
+    else:
+        path = Path(path)
+        existed = path.exists() and path.stat().st_size > 0
+        if existed:
+            _refuse_unless_demo(path, _sqlite_meta(path), seed_number, shape)
+        ledger = Ledger(path, new_secret=plan.secret, **ledger_options)  # type: ignore[arg-type]
     try:
         if not existed or ledger.meta("kind") is None:
             return ledger, seed_demo(ledger, seed_number, as_of, shape)
@@ -568,16 +580,21 @@ def open_demo(
         raise
 
 
-def _refuse_unless_demo(path: Path, seed_number: int, shape: Shape) -> None:
+def _sqlite_meta(path: Path) -> dict[str, str | None]:
     import sqlite3
 
     try:
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.Error:
         raise NotADemoDatabase(
             f"{path} exists but is not a giftcard_toolkit database; choose another --db path"
         ) from None
+
+
+def _refuse_unless_demo(
+    path: str | Path, rows: dict[str, str | None], seed_number: int, shape: Shape
+) -> None:
     if rows.get("kind") != "demo":
         raise NotADemoDatabase(
             f"{path} holds real (non-demo) data; --seed demo refuses to touch it. "
@@ -588,7 +605,7 @@ def _refuse_unless_demo(path: Path, seed_number: int, shape: Shape) -> None:
             f"{path} is a demo database of seed {rows.get('seed_number')}, not {seed_number}; "
             "delete it or choose another --db path"
         )
-    made = rows.get("shape", str(DEMO))  # demos made before chains had the demo's shape
+    made = rows.get("shape") or str(DEMO)  # demos made before chains had the demo's shape
     if made != str(shape):
         raise NotADemoDatabase(
             f"{path} is a demo database of {made}, not {shape}; delete it or choose another "

@@ -16,7 +16,8 @@ The rules, each in its module, over the seam to the database (``storage``):
   ``records``: the small value types, the declines, how answers are written.
 
 Behind the seam: ``sqlite`` (one ``BEGIN IMMEDIATE`` transaction per write, group commit in
-a writer thread) and ``schema`` (its DDL and migrations).
+a writer thread) and ``schema`` (its DDL and migrations), or ``postgres`` (for several
+server processes on one database: serializable transactions, retried on conflicts).
 
 The database never holds a card number or security code: cards are found by a keyed HMAC of
 the number (``lookup``), shown by their last four digits, and followed across transactions by
@@ -40,12 +41,14 @@ from giftcard_toolkit.server.ledger.batches import Batches
 from giftcard_toolkit.server.ledger.books import Books
 from giftcard_toolkit.server.ledger.idempotency import Operations
 from giftcard_toolkit.server.ledger.money import Money
+from giftcard_toolkit.server.ledger.postgres import PostgresStorage, is_postgres_url, masked_url
 from giftcard_toolkit.server.ledger.records import (
     DESCRIPTIONS,
     Account,
     Body,
     CardRef,
     Clock,
+    DatabaseUnavailable,
     Decline,
     Idempotency,
     IdempotencyLost,
@@ -61,7 +64,7 @@ from giftcard_toolkit.server.ledger.records import (
     to_cents,
     utc_now,
 )
-from giftcard_toolkit.server.ledger.schema import SCHEMA_VERSION
+from giftcard_toolkit.server.ledger.schema import SCHEMA_VERSION, SchemaMismatch
 from giftcard_toolkit.server.ledger.sqlite import SqliteStorage
 from giftcard_toolkit.server.ledger.storage import Storage
 from giftcard_toolkit.server.ledger.tokens import Tokens
@@ -70,11 +73,13 @@ __all__ = [
     "DESCRIPTIONS",
     "ROLES",
     "SCHEMA_VERSION",
+    "SchemaMismatch",
     "WRITE_ROLES",
     "Account",
     "Body",
     "CardRef",
     "Clock",
+    "DatabaseUnavailable",
     "Decline",
     "Idempotency",
     "IdempotencyLost",
@@ -113,8 +118,16 @@ class Ledger:
         durable: bool = True,
         new_secret: bytes | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.storage: Storage = SqliteStorage(self.path, durable=durable)
+        # A PostgreSQL url (several server processes on one database) or a SQLite file.
+        self.storage: Storage
+        self.path: Path | None
+        if is_postgres_url(path):
+            self.path, self.where = None, masked_url(str(path))
+            self.storage = PostgresStorage(str(path))
+        else:
+            self.path = Path(path)
+            self.where = str(self.path)
+            self.storage = SqliteStorage(self.path, durable=durable)
         storage = self.storage  # the seam: the rules below see only its interface
         self._books = books = Books(
             storage,

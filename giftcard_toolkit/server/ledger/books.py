@@ -31,7 +31,11 @@ class Books:
         self.tz = tz
         self.limits = limits
         if storage.meta("secret") is None:  # a new database: its own key for card lookups
-            storage.set_meta("secret", (new_secret or secrets.token_bytes(32)).hex())
+            # Kept only if no other process starting on the same database kept one first.
+            storage.connection().execute(
+                "INSERT INTO meta(key, value) VALUES ('secret', ?) ON CONFLICT(key) DO NOTHING",
+                ((new_secret or secrets.token_bytes(32)).hex(),),
+            )
         self._secret = bytes.fromhex(storage.meta("secret") or "")
         stored_key = storage.meta("card_key")
         self.card_cipher = card_cipher

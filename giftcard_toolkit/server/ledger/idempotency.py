@@ -23,9 +23,12 @@ from giftcard_toolkit.server.ledger.records import (
 from giftcard_toolkit.server.ledger.storage import Conn
 
 IDEMPOTENCY_TTL = timedelta(hours=24)
-# A reservation older than this, or left by an earlier server process, is abandoned (its
-# request died before it could commit anything) and may be taken over by a retry.
+# A reservation older than this, or left by an earlier server process (on a database one
+# process serves), is abandoned (its request died before it could commit anything) and may
+# be taken over by a retry.
 IDEMPOTENCY_STALE_AFTER = timedelta(seconds=60)
+# How often expired records are deleted (one is ignored, and replaced, as soon as it expires).
+PURGE_EVERY = timedelta(minutes=10)
 # Declines saying the request's card could not be read: no answer is kept for its key.
 UNRESOLVED_CARD = ("100007", "100009")
 
@@ -39,6 +42,7 @@ class Operations:
         self.books = books
         # Identifies this process's idempotency reservations (see IDEMPOTENCY_STALE_AFTER).
         self._instance = uuid.uuid4().hex
+        self._purged_at: datetime | None = None
 
     def reserve(self, idem: Idempotency) -> Reservation:
         """Claim an ``Idempotency-Key`` before its request is applied.
@@ -51,29 +55,30 @@ class Operations:
         """
         now = self.books.now()
         owner = f"{self._instance}:{uuid.uuid4().hex}"
+        forgotten = ts(now - IDEMPOTENCY_TTL)
         with self.books.storage.write() as conn:
-            conn.execute(
-                "DELETE FROM idempotency WHERE created_at < ?", (ts(now - IDEMPOTENCY_TTL),)
-            )
+            if self._purged_at is None or now - self._purged_at >= PURGE_EVERY:
+                # Expired records, all of them now and then: a range delete in every write
+                # would make concurrent writers on PostgreSQL conflict with each other.
+                conn.execute("DELETE FROM idempotency WHERE created_at < ?", (forgotten,))
+                self._purged_at = now
+            record = (idem.username, idem.endpoint, idem.key)
+            claimed = (*record, idem.request_hash, idem.sent_hash, owner, ts(now))
+            # Claim first, read only if the key is taken: a read of a key not there yet,
+            # then its insert, would make new keys sent side by side conflict on PostgreSQL.
+            if self._claim(conn, claimed):
+                return Reservation("new", owner=owner)
             row = conn.execute(
                 "SELECT request_hash, sent_hash, state, owner, response, created_at "
                 "FROM idempotency WHERE username = ? AND endpoint = ? AND key = ?",
-                (idem.username, idem.endpoint, idem.key),
+                record,
             ).fetchone()
-            if row is None:
+            if row["created_at"] < forgotten:  # expired: as if never sent
                 conn.execute(
-                    "INSERT INTO idempotency(username, endpoint, key, request_hash, sent_hash,"
-                    " state, owner, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                    (
-                        idem.username,
-                        idem.endpoint,
-                        idem.key,
-                        idem.request_hash,
-                        idem.sent_hash,
-                        owner,
-                        ts(now),
-                    ),
+                    "DELETE FROM idempotency WHERE username = ? AND endpoint = ? AND key = ?",
+                    record,
                 )
+                self._claim(conn, claimed)
                 return Reservation("new", owner=owner)
             same = row["sent_hash"] == idem.sent_hash or (
                 idem.resolved and row["request_hash"] == idem.request_hash
@@ -84,9 +89,12 @@ class Operations:
                 return Reservation("mismatch" if idem.resolved else "unresolved")
             if row["state"] == "done":
                 return Reservation("replay", response=row["response"])
-            abandoned = not str(row["owner"]).startswith(self._instance) or (
-                parse_ts(row["created_at"]) < now - IDEMPOTENCY_STALE_AFTER
+            # Another process's reservation was left by an earlier server process, unless
+            # several serve this database at once: then it may be a request in flight.
+            left_behind = not self.books.storage.shared and not str(row["owner"]).startswith(
+                self._instance
             )
+            abandoned = left_behind or parse_ts(row["created_at"]) < now - IDEMPOTENCY_STALE_AFTER
             if not abandoned:
                 return Reservation("in_flight")
             conn.execute(
@@ -95,6 +103,18 @@ class Operations:
                 (owner, ts(now), idem.username, idem.endpoint, idem.key),
             )
             return Reservation("new", owner=owner)
+
+    @staticmethod
+    def _claim(conn: Conn, claimed: tuple[str | None, ...]) -> bool:
+        """Insert a pending record for the key; False if the key has one already."""
+        return bool(
+            conn.execute(
+                "INSERT INTO idempotency(username, endpoint, key, request_hash, sent_hash,"
+                " state, owner, created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?) "
+                "ON CONFLICT(username, endpoint, key) DO NOTHING RETURNING key",
+                claimed,
+            ).fetchall()
+        )
 
     def run(
         self, operation: Operation, idem: Idempotency | None = None, owner: str | None = None

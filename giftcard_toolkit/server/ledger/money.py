@@ -292,8 +292,9 @@ class Money:
             for r in conn.execute(
                 "SELECT c.id, c.balance_cents, coalesce(sum(CASE l.type WHEN 'redeem' "
                 "THEN -l.amount_cents ELSE l.amount_cents END), 0) AS total FROM cards c "
-                "LEFT JOIN ledger l ON l.card_id = c.id GROUP BY c.id "
-                "HAVING c.balance_cents != total"
+                "LEFT JOIN ledger l ON l.card_id = c.id GROUP BY c.id, c.balance_cents "
+                "HAVING c.balance_cents != coalesce(sum(CASE l.type WHEN 'redeem' "
+                "THEN -l.amount_cents ELSE l.amount_cents END), 0)"
             ):
                 problems.append(f"card {r[0]}: balance {r[1]} != ledger sum {r[2]}")
             for r in conn.execute(

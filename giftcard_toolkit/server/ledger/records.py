@@ -145,6 +145,11 @@ class WriterStopped(RuntimeError):
     or not; a retry with the same ``Idempotency-Key`` is applied once either way."""
 
 
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached (or dropped the connection): nothing of the request
+    was applied; answered 503, and the next request connects again."""
+
+
 class IdempotencyLost(RuntimeError):
     """Our idempotency reservation was taken over; the operation was rolled back."""
 

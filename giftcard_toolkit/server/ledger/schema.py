@@ -10,6 +10,26 @@ import sqlite3
 
 SCHEMA_VERSION = "4"
 
+
+class SchemaMismatch(RuntimeError):
+    """The database was made by another version of giftcard_toolkit than this one."""
+
+    def __init__(self, where: str, found: str) -> None:
+        newer = found.isdigit() and int(found) > int(SCHEMA_VERSION)
+        advice = (
+            "it was made by a newer giftcard_toolkit: upgrade this one "
+            "(pip install -U giftcard_toolkit) before serving it"
+            if newer
+            else "open it once with the giftcard_toolkit that made it, or restore a backup "
+            "of this version's"
+        )
+        super().__init__(
+            f"{where} holds a ledger of schema version {found}; this giftcard_toolkit reads "
+            f"version {SCHEMA_VERSION}: {advice}. Nothing was changed."
+        )
+        self.found = found
+
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS stores (

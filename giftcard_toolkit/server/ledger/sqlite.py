@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from giftcard_toolkit.server.ledger.records import WriterStopped
-from giftcard_toolkit.server.ledger.schema import SCHEMA, SCHEMA_VERSION, migrate
+from giftcard_toolkit.server.ledger.schema import SCHEMA, SCHEMA_VERSION, SchemaMismatch, migrate
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "Future[Any]"]
@@ -38,6 +38,8 @@ log = logging.getLogger("giftcard_toolkit.server.ledger")
 
 class SqliteStorage:
     """One SQLite database file: a connection per thread, and one writer thread."""
+
+    shared = False  # one server process writes it (see Storage.shared)
 
     def __init__(self, path: str | Path, *, durable: bool = True) -> None:
         self.path = Path(path)
@@ -56,10 +58,23 @@ class SqliteStorage:
         conn = self.connection()
         conn.execute("PRAGMA journal_mode=WAL")
         with self._write_lock:
+            found = self._stored_version(conn)
+            if found is not None and found.isdigit() and int(found) > int(SCHEMA_VERSION):
+                conn.close()
+                raise SchemaMismatch(str(self.path), found)
             conn.executescript(SCHEMA)
             if self.meta("secret") is None:  # a new database: made at this version
                 self.set_meta("schema_version", SCHEMA_VERSION)
             migrate(conn)
+
+    @staticmethod
+    def _stored_version(conn: sqlite3.Connection) -> str | None:
+        """The schema version a database says it has (None: new, or older than versions)."""
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no meta table: a new database
+            return None
+        return None if row is None else str(row[0])
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (autocommit: each statement outside a transaction sees

@@ -57,6 +57,10 @@ class Storage(Protocol):
     (each sees one snapshot).
     """
 
+    #: Whether several server processes may use the database at once (PostgreSQL), so that
+    #: another process's idempotency reservation is not proof that its request died.
+    shared: bool
+
     def write(self) -> AbstractContextManager[Conn]: ...
 
     def read(self) -> AbstractContextManager[Conn]: ...
