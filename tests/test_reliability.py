@@ -14,6 +14,7 @@ import time
 from decimal import Decimal
 
 import pytest
+from pgkit import BACKENDS, new_database
 
 from giftcard_toolkit import GiftCardClient, errors
 from giftcard_toolkit.server import Ledger, running
@@ -23,8 +24,10 @@ from giftcard_toolkit.server.seed import read_card_stock
 AUTH = ("demo", "demo-password")
 
 
-def test_sigkill_during_redeems_loses_no_approval(tmp_path, capsys):
-    db, stock = tmp_path / "chain.sqlite", tmp_path / "stock.csv"
+@pytest.mark.parametrize("backend", BACKENDS, scope="module")
+def test_sigkill_during_redeems_loses_no_approval(backend, tmp_path, capsys):
+    stock = tmp_path / "stock.csv"
+    db = new_database() if backend == "postgresql" else tmp_path / "chain.sqlite"
     with server_process(db, card_stock=stock) as server:
         url = server.url
         cards = [c for c in read_card_stock(stock) if not c.sold][:8]
@@ -82,8 +85,8 @@ def test_sigkill_during_redeems_loses_no_approval(tmp_path, capsys):
         assert balances[card.number] == Decimal("100.00") - Decimal("0.10") * applied
     with capsys.disabled():
         print(
-            f"\n[crash] SIGKILL under 8 redeeming clients: {len(approved)} approvals seen, "
-            f"all {len(approved)} in the batches after restart; "
+            f"\n[crash, {backend}] SIGKILL under 8 redeeming clients: "
+            f"{len(approved)} approvals seen, all {len(approved)} in the batches after restart; "
             f"{sum(redeemed.values()) - len(approved)} applied but unanswered; "
             "ledger invariants hold; money lost or doubled: 0"
         )
@@ -144,7 +147,8 @@ class DroppingProxy:
         await asyncio.gather(upstream(), downstream(), return_exceptions=True)
 
 
-def test_lost_answers_through_a_proxy_are_applied_exactly_once(capsys):
+@pytest.mark.parametrize("backend", BACKENDS, scope="module")  # running() follows it
+def test_lost_answers_through_a_proxy_are_applied_exactly_once(backend, capsys):
     with running() as srv:
         port = int(srv.url.rsplit(":", 1)[1])
         cards = [c for c in srv.card_stock if not c.sold][:10]
@@ -185,9 +189,9 @@ def test_lost_answers_through_a_proxy_are_applied_exactly_once(capsys):
         assert dropped > operations * 0.05, "the proxy really lost answers"
     with capsys.disabled():
         print(
-            f"\n[lost answers] {operations} money operations through a proxy losing 10% of "
-            f"answers: {dropped} answers lost and retried, {after - before} ledger rows; "
-            "money lost or doubled: 0"
+            f"\n[lost answers, {backend}] {operations} money operations through a proxy "
+            f"losing 10% of answers: {dropped} answers lost and retried, "
+            f"{after - before} ledger rows; money lost or doubled: 0"
         )
 
 

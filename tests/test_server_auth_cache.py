@@ -75,8 +75,8 @@ def checks(monkeypatch: pytest.MonkeyPatch) -> Checks:
 
 
 @pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[Ledger]:
-    ledger = Ledger(tmp_path / "auth.sqlite")
+def ledger(database: str | Path) -> Iterator[Ledger]:
+    ledger = Ledger(database)
     ledger.put_user("till", auth_module.hash_password("till-password"), [])
     yield ledger
     ledger.close()

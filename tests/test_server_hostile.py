@@ -406,8 +406,8 @@ def test_max_body_is_configurable_and_the_client_says_what_happened():
 # --------------------------------------------------------- text shown as HTML
 
 
-def test_a_script_in_a_store_name_stays_text_in_every_html_view(tmp_path, monkeypatch):
-    db = tmp_path / "chain.sqlite"
+def test_a_script_in_a_store_name_stays_text_in_every_html_view(database, tmp_path, monkeypatch):
+    db = database
     name = '<script>alert("pwned")</script> & Sons'
     address = "<img src=x onerror=alert(1)>"
     assert main(["admin", "--db", str(db), "add-store", "--name", name, "--address", address]) == 0
@@ -455,6 +455,7 @@ def test_a_script_in_a_store_name_stays_text_in_every_html_view(tmp_path, monkey
         (["--name", "  "], "--name must not be blank"),
     ],
 )
+@pytest.mark.backends("sqlite")  # refused before any database is opened: one backend is enough
 def test_admin_add_store_refuses_control_characters_and_bidi_overrides(tmp_path, args, message):
     db = tmp_path / "chain.sqlite"
     with pytest.raises(SystemExit) as refused_:

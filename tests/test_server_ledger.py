@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import wait
+from datetime import UTC
 from decimal import Decimal
 
 import pytest
 
 from giftcard_toolkit.server.ledger import CardRef, Ledger
-from giftcard_toolkit.server.seed import open_demo
+from giftcard_toolkit.server.runner import demo_in_postgres
+from giftcard_toolkit.server.seed import DEFAULT_AS_OF, open_demo
 
 
 @pytest.fixture
-def demo(tmp_path):
-    ledger, data = open_demo(tmp_path / "demo.sqlite")
+def demo(database):
+    if isinstance(database, str):  # PostgreSQL: a copy of the seeded template
+        ledger, data = demo_in_postgres(database, 0, DEFAULT_AS_OF, UTC)
+    else:
+        ledger, data = open_demo(database)
     yield ledger, data
     ledger.close()
 
@@ -32,6 +37,7 @@ def _fresh_card(ledger: Ledger, data, amount: str) -> tuple[CardRef, str, frozen
     return ref, card.store_id, stores
 
 
+@pytest.mark.backends("sqlite")  # the SQLite writer's group commit (PostgreSQL has none)
 def test_a_failing_write_in_a_group_takes_nothing_else_down(demo):
     ledger, data = demo
     ref, store, stores = _fresh_card(ledger, data, "50")
@@ -69,6 +75,7 @@ def test_many_queued_redeems_never_overdraw(demo):
     assert ledger.check_invariants() == []
 
 
+@pytest.mark.backends("sqlite")  # the SQLite writer thread
 def test_close_stops_the_writer_after_finishing_what_was_queued(tmp_path):
     ledger, data = open_demo(tmp_path / "demo.sqlite")
     ref, store, stores = _fresh_card(ledger, data, "10")

@@ -10,9 +10,9 @@ from serverkit import MovableClock, Pos, body
 from giftcard_toolkit.server import running
 
 
-def test_a_restart_keeps_balances_tokens_and_batches(tmp_path):
+def test_a_restart_keeps_balances_tokens_and_batches(database):
     clock = MovableClock()
-    db = tmp_path / "giftcards.sqlite"
+    db = database
     with running(db_path=db, clock=clock) as srv:
         pos = Pos(srv)
         store = srv.stores[0].id

@@ -117,8 +117,8 @@ def test_a_users_own_limit_declines_above_and_approves_at_it(srv, pos, capped):
 
 
 @pytest.mark.anyio
-async def test_the_server_wide_limits_hold_for_a_user_with_a_higher_limit(tmp_path):
-    ledger = Ledger(tmp_path / "chain.sqlite")
+async def test_the_server_wide_limits_hold_for_a_user_with_a_higher_limit(database):
+    ledger = Ledger(database)
     try:
         store = ledger.add_store("Main Street").id
         ledger.put_user("big", hash_password("big-password"), [store], max_amount=Decimal(900))
@@ -153,8 +153,8 @@ async def _token(http: httpx.AsyncClient, card) -> str:
 
 
 @pytest.mark.anyio
-async def test_a_replay_stays_a_replay_after_the_limit_is_lowered(tmp_path):
-    ledger = Ledger(tmp_path / "chain.sqlite")
+async def test_a_replay_stays_a_replay_after_the_limit_is_lowered(database):
+    ledger = Ledger(database)
     try:
         store = ledger.add_store("Main Street").id
         ledger.put_user("sam", hash_password("sam-password"), [store], max_amount=Decimal(200))
@@ -185,8 +185,8 @@ def _add_user(db, monkeypatch, *args: str) -> int:
     return main(["admin", "--db", str(db), "add-user", *args, "--password-stdin"])
 
 
-def test_admin_adds_users_with_roles_and_limits_and_lists_them(tmp_path, capsys, monkeypatch):
-    db = tmp_path / "chain.sqlite"
+def test_admin_adds_users_with_roles_and_limits_and_lists_them(database, capsys, monkeypatch):
+    db = database
     assert main(["admin", "--db", str(db), "add-store", "--name", "Main Street"]) == 0
     store = capsys.readouterr().out.split()[1]
     assert _add_user(db, monkeypatch, "ann", "--store", store, "--role", "analyst") == 0
@@ -211,8 +211,8 @@ def test_admin_adds_users_with_roles_and_limits_and_lists_them(tmp_path, capsys,
         ledger.close()
 
 
-def test_admin_refuses_an_unknown_role_naming_the_roles(tmp_path, capsys, monkeypatch):
-    db = tmp_path / "chain.sqlite"
+def test_admin_refuses_an_unknown_role_naming_the_roles(database, capsys, monkeypatch):
+    db = database
     assert main(["admin", "--db", str(db), "add-store", "--name", "Main Street"]) == 0
     store = capsys.readouterr().out.split()[1]
     with pytest.raises(SystemExit) as refused:
@@ -258,6 +258,7 @@ def _as_version_2(path) -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.backends("sqlite")  # a SQLite file of schema version 2, migrated in place
 async def test_a_version_2_database_upgrades_keeping_its_users_and_money(tmp_path):
     path = tmp_path / "old.sqlite"
     ledger = Ledger(path)

@@ -26,6 +26,10 @@ from giftcard_toolkit.server import running
 from giftcard_toolkit.server.ledger import CardRef, WriterStopped
 from giftcard_toolkit.server.ledger import sqlite as sqlite_storage
 
+# The writer thread is SQLite's (one writer, group commit); PostgreSQL's writes run side by
+# side in a pool of threads, each its own transaction (tests/test_server_postgres.py).
+SERVER_BACKENDS = ("sqlite",)
+
 
 class WriterKiller(BaseException):
     """What no write should raise: today it kills the writer thread."""

@@ -46,6 +46,7 @@ WRITE_THREADS = 8
 RETRIES = 30
 RETRY_WAIT_MAX = 0.05
 CONNECT_TIMEOUT = 3  # seconds
+_IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 # Serialises the schema's creation between processes starting at once (any fixed number).
 _SCHEMA_LOCK = 7_311_001
 
@@ -195,20 +196,37 @@ class _Cursor:
 
 
 class PgConnection:
-    """One psycopg connection as the rules use a SQLite one: ``execute`` with ``?``."""
+    """One psycopg connection as the rules use a SQLite one: ``execute`` with ``?``.
 
-    def __init__(self, raw: Any) -> None:
+    A connection the database dropped while it was idle (a restart, a failover, an idle
+    timeout) is replaced, and the statement sent again, when that statement began nothing
+    yet: statements outside a transaction here are reads, ``BEGIN`` and idempotent upserts.
+    One dropped inside a transaction is :class:`DatabaseUnavailable` (the transaction is
+    gone; the write is retried from the start by its caller, or answered 503).
+    """
+
+    def __init__(self, raw: Any, reopen: Callable[[], Any]) -> None:
         self.raw = raw
+        self._reopen = reopen
+
+    def _execute(self, sql: str, parameters: Sequence[Any]) -> _Cursor:
+        cursor = self.raw.execute(_sql(sql), tuple(parameters))
+        rows = cursor.fetchall() if cursor.description else []
+        return _Cursor(rows, cursor.rowcount)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Cursor:
+        idle = self.raw.info.transaction_status == _IDLE
         try:
-            cursor = self.raw.execute(_sql(sql), tuple(parameters))
-            rows = cursor.fetchall() if cursor.description else []
-            return _Cursor(rows, cursor.rowcount)
+            return self._execute(sql, parameters)
         except psycopg.OperationalError as lost:
-            if self.raw.broken or self.raw.closed:
+            if self.usable:
+                raise  # the database answered (a conflict, a cancelled statement)
+            if not idle:
                 raise DatabaseUnavailable(f"the database connection was lost ({lost})") from lost
-            raise
+        with suppress(Exception):
+            self.raw.close()
+        self.raw = self._reopen()  # DatabaseUnavailable while the database is still away
+        return self._execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Cursor:
         with self.raw.cursor() as cursor:
@@ -251,7 +269,8 @@ class PostgresStorage:
 
     # ------------------------------------------------------------ connections
 
-    def _connect(self) -> PgConnection:
+    def _open(self) -> Any:
+        """A new psycopg connection (autocommit; rows by name or position)."""
         try:
             raw = psycopg.connect(
                 self.url,
@@ -266,7 +285,10 @@ class PostgresStorage:
                 f"cannot reach the PostgreSQL database {masked_url(self.url)}: {detail}"
             ) from None
         raw.adapters.register_dumper(bool, IntDumper)  # flags are integers, as in SQLite
-        conn = PgConnection(raw)
+        return raw
+
+    def _connect(self) -> PgConnection:
+        conn = PgConnection(self._open(), self._open)
         with self._connections_lock:
             self._connections.append(conn)
         return conn
@@ -320,7 +342,7 @@ class PostgresStorage:
                     f"the database connection was lost while this write was committed ({lost})"
                 ) from lost
         except BaseException:
-            if conn.usable and conn.raw.info.transaction_status != 0:  # not idle
+            if conn.usable and conn.raw.info.transaction_status != _IDLE:
                 with suppress(psycopg.Error):
                     conn.raw.execute("ROLLBACK")
             raise
