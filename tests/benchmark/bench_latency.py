@@ -2,6 +2,7 @@
 
     python tests/benchmark/bench_latency.py [--seconds 10] [--connections 1,8,32,128]
         [--workloads balancecheck,reload,radeem] [--stall-seconds 75]
+        [--postgresql [--workers 4]]
 
 A till waits on every request, so what matters is the tail, not only the mean. Two servers
 run side by side, each in its own process under uvicorn with the same settings: a bare
@@ -13,6 +14,9 @@ the same requests to both through ``latency.lua``: balance checks, durable reloa
 redeems of 0.01, each write under a fresh ``Idempotency-Key``, spread over 64 sold cards.
 Each case is measured on one server then the other (alternating), so that drift of a busy
 machine hits both alike; the printed ratios are what to compare across machines.
+
+``--postgresql``: our server on a PostgreSQL 16 database (``pgserver``, local, default
+settings) with ``--workers`` processes, instead of one process on SQLite.
 
 Then ``--stall-seconds`` of balance checks at 8 connections on each server look for
 periodic stalls (the credential cache once expired for everyone at once every 60 s).
@@ -235,6 +239,8 @@ def main() -> None:
     parser.add_argument("--connections", default="1,8,32,128")
     parser.add_argument("--workloads", default="balancecheck,reload,radeem")
     parser.add_argument("--stall-seconds", type=int, default=75, help="0: skip (75)")
+    parser.add_argument("--postgresql", action="store_true", help="ours on PostgreSQL")
+    parser.add_argument("--workers", type=int, default=4, help="with --postgresql (4)")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     workloads = args.workloads.split(",")
@@ -245,9 +251,19 @@ def main() -> None:
         tmp = Path(name)
         bare, bare_process = start_bare(tmp / "bare.log")
         log, stock = tmp / "server.log", tmp / "stock.csv"
+        db, workers, postgres = str(tmp / "bench.sqlite"), 1, None
+        if args.postgresql:
+            import pgserver
+            import psycopg
+
+            postgres = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+            with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
+                conn.execute("CREATE DATABASE bench")
+            db, workers = postgres.get_uri("bench"), args.workers
+            print(f"ours: PostgreSQL 16 (pgserver), {workers} worker processes")
         try:
             with server_process(
-                tmp / "bench.sqlite", card_stock=stock, log=log, log_level="info"
+                db, card_stock=stock, log=log, log_level="info", workers=workers, timeout=180
             ) as server:
                 chain = Chain(server.url, stock, log)
                 warm = tmp / "warm.jsonl"
@@ -314,15 +330,16 @@ def main() -> None:
                             + ", ".join(f"{at:.1f} s ({took:.0f} ms)" for at, took in stall.slow)
                         )
                 chain.close()
+            from giftcard_toolkit.server import Ledger
+
+            ledger = Ledger(db)
+            problems = ledger.check_invariants()
+            ledger.close()
         finally:
             bare_process.terminate()
             bare_process.wait()
-
-        from giftcard_toolkit.server import Ledger
-
-        ledger = Ledger(tmp / "bench.sqlite")
-        problems = ledger.check_invariants()
-        ledger.close()
+            if postgres is not None:
+                postgres.cleanup()
     for line in summary:
         print(line)
     print("load average (1, 5, 15 min) at the end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from giftcard_toolkit.server.ledger.records import WriterStopped
 from giftcard_toolkit.server.ledger.schema import SCHEMA, SCHEMA_VERSION, SchemaMismatch, migrate
+from giftcard_toolkit.server.ledger.storage import MetaTable
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], Any], "Future[Any]"]
@@ -36,7 +37,7 @@ WRITER_STALL_AFTER = 10.0
 log = logging.getLogger("giftcard_toolkit.server.ledger")
 
 
-class SqliteStorage:
+class SqliteStorage(MetaTable):
     """One SQLite database file: a connection per thread, and one writer thread."""
 
     shared = False  # one server process writes it (see Storage.shared)
@@ -256,17 +257,6 @@ class SqliteStorage:
             yield conn
         finally:
             conn.execute("COMMIT")
-
-    def meta(self, key: str) -> str | None:
-        row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.connection().execute(
-            "INSERT INTO meta(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
 
     def healthy(self) -> bool:
         """False when the database cannot be read, or the writer thread has stopped on an

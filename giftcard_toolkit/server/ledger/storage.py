@@ -76,3 +76,22 @@ class Storage(Protocol):
     def healthy(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class MetaTable:
+    """``meta`` and ``set_meta`` over a backend's ``connection()``: one portable statement
+    each, shared by the backends (they inherit it)."""
+
+    def connection(self) -> Conn:
+        raise NotImplementedError
+
+    def meta(self, key: str) -> str | None:
+        row = self.connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.connection().execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
