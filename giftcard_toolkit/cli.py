@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import csv
 import getpass
-import logging
 import os
 import sqlite3
 import sys
@@ -81,13 +80,6 @@ def _serve(args: argparse.Namespace) -> int:
     # With no --as-of the demo's history runs up to now: yesterday's batches are the last
     # closed ones and today's trade, so far, is in the open ones.
     as_of = args.as_of if args.as_of is not None else _now(zone)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # The access log writes a line per request: skip what the format does not show
-    # (the logging HOWTO's "Optimization" advice), a tenth of a balance check's time.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
     from giftcard_toolkit.server.seed import DEMO, chain
 
     try:

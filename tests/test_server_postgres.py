@@ -42,6 +42,7 @@ class Chain:
     db: str
     process: subprocess.Popen[bytes]
     stock: Iterator[DemoCard]
+    log: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fresh_card(self) -> DemoCard:
@@ -168,14 +169,31 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     balance when the module is done."""
     require_postgres()
     db = new_database()
-    stock = tmp_path_factory.mktemp("chain") / "stock.csv"
-    with server_process(db, card_stock=stock, workers=4) as server:
+    folder = tmp_path_factory.mktemp("chain")
+    stock, log = folder / "stock.csv", folder / "server.log"
+    with server_process(db, card_stock=stock, workers=4, log=log, log_level="info") as server:
         unsold = iter([c for c in read_card_stock(stock) if not c.sold])
-        yield Chain(server.url, db, server.process, unsold)
+        yield Chain(server.url, db, server.process, unsold, log)
     assert _problems(db) == []
 
 
 # ------------------------------------------------------------------ exactness
+
+
+def test_every_worker_writes_the_access_log(chain: Chain) -> None:
+    """Each request is a line of the access log whichever worker served it (the workers
+    are separate processes: each sets up the server's logging itself)."""
+    ids = [f"worker-log-{n}-{uuid.uuid4().hex[:8]}" for n in range(12)]
+    answers = _at_once(
+        len(ids),
+        lambda n: httpx.put(
+            f"{chain.url}/Auth/verify", auth=AUTH, headers={"X-Correlation-Id": ids[n]}
+        ),
+    )
+    assert [a.status_code for a in answers] == [200] * len(ids)
+    _wait_until(lambda: all(i in chain.log.read_text() for i in ids), 10, "the access log")
+    lines = [line for line in chain.log.read_text().splitlines() if "worker-log-" in line]
+    assert all("PUT /Auth/verify 200" in line and "user=demo" in line for line in lines)
 
 
 def test_64_concurrent_redeems_of_one_card_approve_exactly_its_balance(chain):
