@@ -445,3 +445,53 @@ def test_demo_new_analyses_give_the_same_answer_on_lazy_input(demo):
     ]
     for call in calls:
         assert call(txs.lazy()).equals(call(txs))
+
+
+def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order():
+    """Two transactions of a card at one instant (a server that rounds time) are taken in
+    the order the server listed them (``position`` in the batch): the same first and last
+    transaction, so the same answers, however the rows are shuffled."""
+    listed = _txs(
+        [
+            (A, "c0009", "sale", "50", "0", "50", "03-02 10:00"),
+            (A, "c0009", "redeem", "20", "50", "30", "03-02 10:00"),  # same instant, after
+            (A, "c0011", "sale", "100", "0", "100", "03-02 09:00"),
+            *[
+                (A, "c0011", "redeem", "5", str(100 - 5 * i), str(95 - 5 * i), "03-02 11:00")
+                for i in range(5)
+            ],
+            (B, "c0012", "sale", "40", "0", "40", "03-03 08:00"),
+        ]
+    )
+    assert listed["position"].to_list() == [*range(8), 0], "place in its batch, as listed"
+
+    def answers(txs: pl.DataFrame) -> list[pl.DataFrame]:
+        return [
+            analytics.cards(txs),
+            analytics.liability(txs),
+            analytics.breakage(txs, dormant_days=0),
+            analytics.redemption_curve(txs),
+            analytics.anomalies(txs),
+        ]
+
+    expected = answers(listed)
+    cards = {r["card_ref"]: r for r in expected[0].iter_rows(named=True)}
+    assert cards["ref-c0009"]["balance"] == D("30"), "the redeem listed after the sale is last"
+    assert cards["ref-c0011"]["balance"] == D("75")
+    assert expected[1]["liability"].to_list()[-1] == D("145")
+    rapid = expected[4].filter(pl.col("reason") == "many redemptions in an hour")
+    assert rapid["host_ref"].to_list() == [listed["host_ref"][7]], "the fifth as listed"
+    for seed in range(6):
+        shuffled = (
+            listed.reverse() if seed == 0 else listed.sample(fraction=1.0, seed=seed, shuffle=True)
+        )
+        for got, want in zip(answers(shuffled), expected, strict=True):
+            assert got.equals(want)
+
+
+def test_anomalies_in_parts_of_cards_find_the_same(monkeypatch):
+    """Past memory the sequence rules sort a few cards at a time: the same flags."""
+    whole = analytics.anomalies(STORY)
+    monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS", 3)
+    parted = analytics.anomalies(STORY)
+    assert whole.height == 6 and parted.equals(whole)

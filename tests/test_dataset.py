@@ -264,6 +264,23 @@ def test_paths_that_are_not_a_dataset_are_refused(server, tmp_path):
         frames.scan(tmp_path / "nowhere")
 
 
+def test_a_version_1_dataset_is_refused_saying_what_to_do(server, tmp_path):
+    with _client(server) as gc:
+        frames.sync(gc, tmp_path, progress=False)
+        manifest = json.loads((tmp_path / "manifest.json").read_text())
+        manifest["schema_version"] = 1  # written before transactions had their position
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet"))
+        for attempt in (lambda: frames.scan(tmp_path), lambda: frames.sync(gc, tmp_path)):
+            with pytest.raises(dataset.DatasetError) as refused:
+                attempt()
+            message = str(refused.value)
+            assert "schema version 1" in message and "no position" in message
+            assert "Sync into a new folder" in message
+    # Refused, not touched: the old files are still there for the user to delete.
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.parquet")) == before
+
+
 def test_a_store_no_longer_granted(server, tmp_path):
     with _client(server) as gc:
         frames.sync(gc, tmp_path, progress=False)

@@ -57,6 +57,18 @@ def test_raw_json_gives_the_same_frames(demo):
     assert from_json_txs.sort("host_ref").equals(txs.sort("host_ref"))
 
 
+def test_position_is_the_place_in_the_batch_as_the_server_listed_it(demo):
+    _, _, txs, raw = demo
+    envelope = json.loads(raw[0])
+    busy = max(envelope["batches"], key=lambda b: len(b["transactions"]))
+    listed = [t["hostRef"] for t in busy["transactions"]]
+    assert len(listed) > 1
+    for frame in (txs, frames.from_json(raw)[1]):
+        mine = frame.filter(pl.col("batch_id") == busy["batchid"]).sort("position")
+        assert mine["position"].to_list() == list(range(len(listed)))
+        assert mine["host_ref"].to_list() == listed
+
+
 def test_a_production_spelling_goes_through_the_tolerant_reader(demo):
     _, batches, txs, raw = demo
     envelope = json.loads(raw[0], parse_float=Decimal)

@@ -57,14 +57,20 @@ PERIODS: Final = ("1d", "1w", "1mo", "1q", "1y")
 # memory stays flat as the data grows; an eager frame gives the very same answer.
 ENGINE: Final = "streaming"
 
-# Cards as exact integer codes (the categorical's physical id): grouping and sorting
-# millions of rows by an integer is many times cheaper than by a string.
-_CARD = pl.coalesce("card_ref", "card_last4").cast(pl.Categorical).to_physical().alias("card")
+# A card: its reference, else its last four digits. Grouped as the string it is: turning
+# millions of them into categorical codes first costs more than the grouping saves.
+_CARD = pl.coalesce("card_ref", "card_last4").alias("card")
 _SIGNED = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
+# The server's order of a card's transactions: time, then place in the batch (``position``),
+# so that a card's first and last never depend on the rows' order when times tie. One
+# integer (time in microseconds, shifted past any position), picked by arg_min / arg_max.
+_ORDER = (pl.col("at").dt.epoch("us").cast(pl.Int128) * (1 << 32) + pl.col("position")).alias(
+    "order"
+)
 # A card's home transaction is its first sale, else its first transaction: the smallest of
-# this key (a sale's key is its time; any other's is its time pushed past every sale's).
+# this key (a sale's key is its order; any other's is its order pushed past every sale's).
 _HOME_KEY = (
-    pl.col("at").dt.epoch("us") + pl.when(pl.col("type") == "sale").then(0).otherwise(1 << 62)
+    _ORDER + pl.when(pl.col("type") == "sale").then(0).otherwise(1 << 100).cast(pl.Int128)
 ).alias("home_key")
 _HOME = pl.col("home_key").arg_min()
 _STORE_COLUMNS: dict[str, Any] = {"store_id": pl.String, "store_name": pl.String}
@@ -299,31 +305,54 @@ def _split(
 
 
 def _card_rows(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
-    """Per card (``card``), the aggregates ``names`` of :func:`cards` (and ``opening``,
-    ``home_key``-based ``home_store_*``), each picked by ``arg_min``/``arg_max``: no sort
-    of the whole frame. Only what is asked for is computed."""
-    first, last, home = pl.col("at").arg_min(), pl.col("at").arg_max(), _HOME
-    sold = pl.col("type").get(home) == "sale"
-    every = {
+    """Per card (``card``), the columns ``names`` of :func:`cards` (and ``gap``,
+    ``part_way``). Only what they need is aggregated, and only with plain aggregations
+    (a first or last picked by ``min_by``/``max_by`` of the server's order, sums, counts:
+    no sort of the whole frame); what is derived from those comes after the grouping, on
+    one row a card, which keeps polars on its fast grouping path."""
+    order, home = pl.col("order"), pl.col("home_key")
+    parts: dict[str, pl.Expr] = {
         "card_ref": pl.col("card_ref").first(),
         "card_last4": pl.col("card_last4").first(),
-        "home_store_id": pl.col("store_id").get(home),
-        "home_store_name": pl.col("store_name").get(home),
-        "sold_at": pl.when(sold).then(pl.col("at").get(home)),
-        "sold_amount": pl.when(sold).then(pl.col("amount").get(home)),
-        "loaded": _money_sum(pl.col("amount").filter(~_of_type("redeem"))),
-        "redeemed": _money_sum(pl.col("amount").filter(_of_type("redeem"))),
-        "balance": pl.col("new_balance").get(last),
+        "home_store_id": pl.col("store_id").min_by(home),
+        "home_store_name": pl.col("store_name").min_by(home),
+        "_home_amount": pl.col("amount").min_by(home),
+        "_sold": _of_type("sale").any(),  # its home is a sale exactly when it has one
+        "sold_at": pl.col("at").filter(_of_type("sale")).min(),  # the home sale's time
+        "loaded": pl.when(_of_type("redeem")).then(0).otherwise(pl.col("amount")).sum(),
+        "redeemed": pl.when(_of_type("redeem")).then(pl.col("amount")).otherwise(0).sum(),
+        "balance": pl.col("new_balance").max_by(order),
         "last_used": pl.col("at").max(),
         "transactions": pl.len().cast(pl.Int64),
         "stores_used": pl.col("store_id").n_unique().cast(pl.Int64),
-        "opening_balance": pl.col("previous_balance").get(first),
-        # Signs of a partial history (see ``_warn_partial``).
-        "gap": (pl.col("new_balance") - pl.col("previous_balance")).sum()
-        != pl.col("new_balance").get(last) - pl.col("previous_balance").get(first),
-        "part_way": ~sold & (pl.col("previous_balance").get(first) != 0),
+        "opening_balance": pl.col("previous_balance").min_by(order),
+        "_moved": (pl.col("new_balance") - pl.col("previous_balance")).sum(),
     }
-    return lf.group_by("card").agg(every[name].alias(name) for name in names)
+    derived: dict[str, tuple[tuple[str, ...], pl.Expr]] = {
+        "sold_amount": (
+            ("_sold", "_home_amount"),
+            pl.when(pl.col("_sold")).then(pl.col("_home_amount")),
+        ),
+        "loaded": (("loaded",), pl.col("loaded").fill_null(0).cast(MONEY)),
+        "redeemed": (("redeemed",), pl.col("redeemed").fill_null(0).cast(MONEY)),
+        # Signs of a partial history (see ``_warn_partial``).
+        "gap": (
+            ("_moved", "balance", "opening_balance"),
+            pl.col("_moved") != pl.col("balance") - pl.col("opening_balance"),
+        ),
+        "part_way": (
+            ("_sold", "opening_balance"),
+            ~pl.col("_sold") & (pl.col("opening_balance") != 0),
+        ),
+    }
+    needed = dict.fromkeys(
+        part for name in names for part in (derived[name][0] if name in derived else (name,))
+    )
+    grouped = lf.group_by("card").agg(parts[name].alias(name) for name in needed)
+    return grouped.select(
+        "card",
+        *(derived[name][1].alias(name) if name in derived else pl.col(name) for name in names),
+    )
 
 
 _CARD_COLUMNS = (
@@ -386,16 +415,32 @@ _FOLLOW_CARDS = (
     "previous_balance",
     "new_balance",
     "card",
+    "order",
     "home_key",
 )
 
 
 def _read(txs: Frame, cut: datetime | None) -> pl.LazyFrame:
-    """The transactions known before ``cut``, each with its card code and home key."""
+    """The transactions known before ``cut``, each with its ``card``, its place in the
+    server's ``order`` and its ``home_key``."""
     lf = _lazy(txs)
     if cut is not None:
         lf = lf.filter(pl.col("at") < cut)
-    return lf.with_columns(_CARD, _HOME_KEY)
+    return lf.with_columns(_CARD, _ORDER, _HOME_KEY)
+
+
+def _homes_needed(chosen: pl.DataFrame | None, by: str | None) -> bool:
+    """Whether a card-following measure must find each card's home store: only to give
+    rows per store or keep some stores; the chain's total is the same without."""
+    return by == "store" or chosen is not None
+
+
+def _as_home(chosen: pl.DataFrame | None) -> list[pl.Expr]:
+    """The home store columns of every card when only the total is asked for."""
+    return [
+        pl.lit(ALL_STORES).alias("home_store_id"),
+        pl.lit(_total_name(chosen)).alias("home_store_name"),
+    ]
 
 
 def cards(
@@ -504,11 +549,11 @@ def summary(
     chosen = _chosen(txs, stores)
     flows = lf.group_by("store_id", "store_name", _period_of(window, every)).agg(
         _of_type("sale").sum().cast(pl.Int64).alias("sales"),
-        _money_sum(pl.col("amount").filter(_of_type("sale"))).alias("sales_amount"),
+        _money_sum(pl.when(_of_type("sale")).then(pl.col("amount"))).alias("sales_amount"),
         _of_type("reload").sum().cast(pl.Int64).alias("reloads"),
-        _money_sum(pl.col("amount").filter(_of_type("reload"))).alias("reloads_amount"),
+        _money_sum(pl.when(_of_type("reload")).then(pl.col("amount"))).alias("reloads_amount"),
         _of_type("redeem").sum().cast(pl.Int64).alias("redemptions"),
-        _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redemptions_amount"),
+        _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias("redemptions_amount"),
         _money_sum(_SIGNED).alias("net"),
     )
     flows_df, bounds_df = pl.collect_all([flows, _bounds(txs, window)], engine=ENGINE)
@@ -589,17 +634,26 @@ def liability(
     window = _window(tz, since, until, as_of)
     lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
     chosen = _chosen(txs, stores)
-    per_card = _card_rows(
-        lf, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
-    )
+    change = _money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change")
+    if _homes_needed(chosen, by):
+        per_card = _card_rows(
+            lf, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
+        )
+        changes = (
+            lf.join(per_card.select("card", "home_store_id"), on="card")
+            .group_by("home_store_id", _period_of(window, every))
+            .agg(change)
+        )
+    else:  # the chain's total: no card's home store is needed, nor a second read
+        per_card = _card_rows(lf, "opening_balance", "gap", "part_way").with_columns(
+            _as_home(chosen)
+        )
+        changes = (
+            lf.group_by(_period_of(window, every)).agg(change).with_columns(_as_home(chosen)[0])
+        )
     opening = per_card.group_by("home_store_id", "home_store_name").agg(
         _money_sum(pl.col("opening_balance")).alias("opening"),
         pl.col("gap", "part_way").sum(),
-    )
-    changes = (
-        lf.join(per_card.select("card", "home_store_id"), on="card")
-        .group_by("home_store_id", _period_of(window, every))
-        .agg(_money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change"))
     )
     changes_df, opening_df, bounds_df = pl.collect_all(
         [changes, opening, _bounds(txs, window)], engine=ENGINE
@@ -678,6 +732,7 @@ def redemption_curve(
         "previous_balance",
         "new_balance",
         "card",
+        "order",
         "home_key",
     )
     chosen = _chosen(txs, stores)
@@ -687,10 +742,12 @@ def redemption_curve(
         in_window &= activated >= window.since
     if window.until is not None:
         in_window &= activated < window.until
-    per_card = (
-        _card_rows(lf, "home_store_id", "home_store_name", "sold_at", "gap")
-        .filter(in_window)
-        .with_columns(_period_of(window, cohort, "sold_at").alias("cohort_start"))
+    if _homes_needed(chosen, by):
+        per_card = _card_rows(lf, "home_store_id", "home_store_name", "sold_at", "gap")
+    else:  # the chain's total: a card's sale, not its home store
+        per_card = _card_rows(lf, "sold_at", "gap").with_columns(_as_home(chosen))
+    per_card = per_card.filter(in_window).with_columns(
+        _period_of(window, cohort, "sold_at").alias("cohort_start")
     )
     per_tx = (
         lf.join(per_card.select("card", "home_store_id", "sold_at", "cohort_start"), on="card")
@@ -700,8 +757,8 @@ def redemption_curve(
         .with_columns(((pl.col("age") / step_days).ceil() * step_days).cast(pl.Int64).alias("days"))
         .group_by("home_store_id", "cohort_start", "days")
         .agg(
-            _money_sum(pl.col("amount").filter(~_of_type("redeem"))).alias("loaded"),
-            _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("redeemed"),
+            _money_sum(pl.when(~_of_type("redeem")).then(pl.col("amount"))).alias("loaded"),
+            _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias("redeemed"),
         )
     )
     cohorts = per_card.group_by("home_store_id", "home_store_name", "cohort_start").agg(
@@ -754,7 +811,7 @@ def redemption_curve(
             .agg(pl.lit(ALL_STORES).alias("store_id"), pl.col("youngest").max())
             .select(youngest.columns),
         ]
-    )
+    ).unique()  # once each: with the total's cards only, the store rows are the total's
     keys = ["cohort_start", "cohort_end", "days"]
     return (
         _split(per_store.select(*columns), keys, ["cards", "loaded", "redeemed"], by, chosen)
@@ -811,11 +868,13 @@ def breakage(
     for low, high, name in reversed(BREAKAGE_BUCKETS[:-1]):
         bucket = pl.when(idle_days.is_between(low, high)).then(pl.lit(name)).otherwise(bucket)
     holding = pl.col("balance") > 0
+    wanted = ["balance", "last_used", "gap", "part_way"]
+    if _homes_needed(chosen, by):
+        per_card = _card_rows(lf, "home_store_id", "home_store_name", *wanted)
+    else:  # the chain's total: a card's balance and last use, not its home store
+        per_card = _card_rows(lf, *wanted).with_columns(_as_home(chosen))
     per_store = (
-        _card_rows(
-            lf, "home_store_id", "home_store_name", "balance", "last_used", "gap", "part_way"
-        )
-        .with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
+        per_card.with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
         .group_by("home_store_id", "home_store_name", "idle")
         .agg(
             holding.sum().cast(pl.Int64).alias("cards"),
@@ -899,6 +958,61 @@ def cross_store(
 # ------------------------------------------------------------------- anomalies
 
 
+# The most transactions the sequence rules of ``anomalies`` sort at once.
+_SEQUENCE_PART_ROWS = 10_000_000
+
+
+def _flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
+    return frame.select("row", pl.lit(reason).alias("reason"))
+
+
+@dataclass(frozen=True)
+class _Sequence:
+    """The anomaly rules that read a card's transactions in order."""
+
+    max_redeems_per_hour: int
+    cycle_hours: int
+    min_cycles: int
+    cycle_ratio: float
+
+    def flags(self, narrow: pl.LazyFrame) -> pl.DataFrame:
+        """The (``row``, ``reason``) flags of these transactions (whole cards)."""
+        ordered = narrow.sort("card", "at", "position", "row").collect(engine=ENGINE).lazy()
+
+        def same_card(offset: int) -> pl.Expr:
+            return pl.col("card").shift(offset) == pl.col("card")
+
+        # More than K redeems in (t - 1h, t] exactly when the K-th redeem before this one,
+        # on the same card, is less than an hour older.
+        k = self.max_redeems_per_hour
+        rapid = ordered.filter(_of_type("redeem")).filter(
+            same_card(k) & (pl.col("at") - pl.col("at").shift(k) < pl.duration(hours=1))
+        )
+        followed = (
+            _of_type("reload")
+            & same_card(-1)
+            & (pl.col("type").shift(-1) == "redeem")
+            & (pl.col("at").shift(-1) - pl.col("at") <= pl.duration(hours=self.cycle_hours))
+            & (
+                pl.col("amount").shift(-1).cast(pl.Float64)
+                >= pl.col("amount").cast(pl.Float64) * self.cycle_ratio
+            )
+        )
+        cycling = (
+            ordered.with_columns(followed.fill_null(False).alias("starts_cycle"))
+            .with_columns(
+                (pl.col("starts_cycle") | (pl.col("starts_cycle").shift(1) & same_card(1)))
+                .fill_null(False)
+                .alias("in_cycle"),
+                pl.col("starts_cycle").sum().over("card").alias("cycles"),
+            )
+            .filter(pl.col("in_cycle") & (pl.col("cycles") >= self.min_cycles))
+        )
+        return pl.concat(
+            [_flag(rapid, "many redemptions in an hour"), _flag(cycling, "reload-redeem cycling")]
+        ).collect(engine=ENGINE)
+
+
 def anomalies(
     txs: Frame,
     *,
@@ -929,56 +1043,34 @@ def anomalies(
     full = _lazy(txs).with_row_index("row")
     columns = list(_lazy(txs).collect_schema().names())
     chosen = _chosen(txs, stores)
-    # Flags are found on a narrow frame ordered by card and time; the flagged rows are then
-    # looked up in the full one (so no sort ever moves the string columns).
-    narrow = full.select("row", _CARD, "type", "at", "amount", "store_id").sort("card", "at", "row")
+    # Flags are found on narrow frames; the flagged rows are then looked up in the full one
+    # (so no sort ever moves the string columns).
+    narrow = full.select("row", _CARD, "type", "at", "position", "amount")
+    rules = _Sequence(max_redeems_per_hour, cycle_hours, min_cycles, cycle_ratio)
+    # The rules that follow a card's sequence read it sorted by card and the server's order,
+    # sorted here once (else the plan sorts each rule's rows again), and in parts of cards
+    # (each card wholly in one part: exact) so that a history past memory is never sorted
+    # whole.
+    rows = full.select(pl.len()).collect(engine=ENGINE).item()
+    parts = max(1, -(-rows // _SEQUENCE_PART_ROWS))
+    in_sequence = [
+        rules.flags(narrow.filter(pl.col("card").hash() % parts == part) if parts > 1 else narrow)
+        for part in range(parts)
+    ]
 
-    def same_card(offset: int) -> pl.Expr:
-        return pl.col("card").shift(offset) == pl.col("card")
-
-    def flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
-        return frame.select("row", pl.lit(reason).alias("reason"))
-
-    sales = narrow.filter(_of_type("sale")).select(
+    unordered = full.select("row", _CARD, "type", "at", "store_id")
+    sales = unordered.filter(_of_type("sale")).select(
         "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
     )
-    redeems = narrow.filter(_of_type("redeem"))
-    cross = redeems.join(sales, on="card", how="inner").filter(
+    cross = (unordered.filter(_of_type("redeem")).join(sales, on="card", how="inner")).filter(
         (pl.col("store_id") != pl.col("sale_store"))
         & (pl.col("at") >= pl.col("sold_at"))
         & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
     )
-    # More than K redeems in (t - 1h, t] exactly when the K-th redeem before this one, on
-    # the same card, is less than an hour older.
-    k = max_redeems_per_hour
-    rapid = redeems.filter(
-        same_card(k) & (pl.col("at") - pl.col("at").shift(k) < pl.duration(hours=1))
-    )
-    followed = (
-        _of_type("reload")
-        & same_card(-1)
-        & (pl.col("type").shift(-1) == "redeem")
-        & (pl.col("at").shift(-1) - pl.col("at") <= pl.duration(hours=cycle_hours))
-        & (
-            pl.col("amount").shift(-1).cast(pl.Float64)
-            >= pl.col("amount").cast(pl.Float64) * cycle_ratio
-        )
-    )
-    cycling = (
-        narrow.with_columns(followed.fill_null(False).alias("starts_cycle"))
-        .with_columns(
-            (pl.col("starts_cycle") | (pl.col("starts_cycle").shift(1) & same_card(1)))
-            .fill_null(False)
-            .alias("in_cycle"),
-            pl.col("starts_cycle").sum().over("card").alias("cycles"),
-        )
-        .filter(pl.col("in_cycle") & (pl.col("cycles") >= min_cycles))
-    )
     flags = pl.concat(
         [
-            flag(cross, "redeemed at another store soon after sale"),
-            flag(rapid, "many redemptions in an hour"),
-            flag(cycling, "reload-redeem cycling"),
+            _flag(cross, "redeemed at another store soon after sale"),
+            *(part.lazy() for part in in_sequence),
         ]
     )
     return (
@@ -1004,9 +1096,13 @@ def reconcile(batches: Frame, txs: Frame, *, stores: Stores = None) -> pl.DataFr
         .group_by("store_id", "batch_id")
         .agg(
             pl.len().cast(pl.Int64).alias("computed_count"),
-            _money_sum(pl.col("amount").filter(_of_type("sale"))).alias("computed_sold"),
-            _money_sum(pl.col("amount").filter(_of_type("reload"))).alias("computed_reloaded"),
-            _money_sum(pl.col("amount").filter(_of_type("redeem"))).alias("computed_redeemed"),
+            _money_sum(pl.when(_of_type("sale")).then(pl.col("amount"))).alias("computed_sold"),
+            _money_sum(pl.when(_of_type("reload")).then(pl.col("amount"))).alias(
+                "computed_reloaded"
+            ),
+            _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias(
+                "computed_redeemed"
+            ),
             _money_sum(_SIGNED).alias("computed_net"),
         )
     )

@@ -2,7 +2,7 @@
 
 ``sync(client, path)`` keeps, at ``path``::
 
-    manifest.json                                    what each store holds (schema version 1)
+    manifest.json                                    what each store holds (schema version 2)
     batches/store_id=<id>/part-<gen>.parquet         the store's batches (frames.BATCH_SCHEMA)
     transactions/store_id=<id>/month=YYYY-MM/part-<gen>.parquet   its transactions, by month
 
@@ -28,8 +28,13 @@ Column types: the files hold the frame schemas' own types (one definition:
 ``frames.TRANSACTION_SCHEMA``), money as Parquet ``DECIMAL(18, 2)`` (exact in every engine),
 and no categorical types: Parquet's dictionary encoding (with zstd) already stores a
 repeated string (store, card reference, user) once per column chunk, so categoricals would
-save no disk, and would tie the files to polars' own types; analytics turn card references
-into integer codes where they group by them.
+save no disk, and would tie the files to polars' own types (analytics group by the card
+reference string as it is: making codes of it first costs more than it saves).
+
+Schema versions: 2 added the transactions' ``position`` (their place in their batch, the
+server's order, which breaks ties in time). A version 1 dataset cannot be read or topped up
+(its files have no positions, and a closed batch is never fetched again): it is refused,
+saying so; sync into a new folder (then delete the old one).
 
 ``scan(path)`` gives lazy frames (schemas enforced; a filter on ``store_id`` skips the other
 stores' files, one on ``at`` uses the files' statistics; ``stores=``/``since=``/``until=``
@@ -61,7 +66,9 @@ from giftcard_toolkit import _protocol, errors, models
 from giftcard_toolkit.analysis import frames
 
 FORMAT = "giftcard_toolkit.dataset"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# What each older version lacks, for the error that refuses it.
+_OLDER = {1: "its transactions have no position in their batch (added in version 2)"}
 MANIFEST = "manifest.json"
 _LOCK = ".sync.lock"
 _MONTH = "%Y-%m"
@@ -184,6 +191,12 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DatasetError(f"{path} is not a giftcard dataset manifest (format is not {FORMAT})")
     version = manifest.get("schema_version")
+    if version in _OLDER:
+        raise DatasetError(
+            f"{root} was written with dataset schema version {version}, which this toolkit "
+            f"(version {SCHEMA_VERSION}) no longer reads: {_OLDER[version]}. Sync into a new "
+            "folder (frames.sync(client, new_path)), then delete the old one"
+        )
     if version != SCHEMA_VERSION:
         raise DatasetError(
             f"{root} was written with dataset schema version {version}; this toolkit reads "

@@ -4,6 +4,10 @@ Two frames, one schema each (``BATCH_SCHEMA``, ``TRANSACTION_SCHEMA``), enforced
 builder and reader here: money is ``Decimal(18, 2)``, times are UTC datetimes, ``type`` and
 ``status`` are enums. Cards appear as ``card_last4`` and ``card_ref`` (the server's stable
 pseudonym, null when a server does not send one): no frame can hold a full card number.
+A transaction's ``position`` is its place in its batch as the server listed it (0 first,
+oldest first): the server's own order, which breaks ties in time (a server that rounds time,
+several server processes) so that a card's first and last transactions never depend on the
+order of the frame's rows.
 
 Ways in:
 
@@ -90,6 +94,7 @@ _TRANSACTION_COLUMNS: dict[str, Any] = {
     "store_name": pl.String,
     "batch_id": pl.String,
     "host_ref": pl.String,
+    "position": pl.Int32,
     "type": TRANSACTION_TYPE,
     "card_last4": pl.String,
     "card_ref": pl.String,
@@ -113,8 +118,11 @@ def conform(df: pl.DataFrame, schema: pl.Schema) -> pl.DataFrame:
     """``df`` with exactly ``schema``'s columns, in order, cast to its types.
 
     Raises ``ValueError`` naming missing columns; a column that would carry a full card
-    number (more than 4 digits in ``card_last4``) is refused.
+    number (more than 4 digits in ``card_last4``) is refused. A transaction frame built
+    by hand without ``position`` gets each row's place in its batch in the frame's order.
     """
+    if "position" in schema and "position" not in df.columns and "batch_id" in df.columns:
+        df = df.with_columns(pl.int_range(pl.len()).over("store_id", "batch_id").alias("position"))
     missing = [name for name in schema if name not in df.columns]
     if missing:
         raise ValueError(f"missing columns {missing}; expected {list(schema)}")
@@ -158,6 +166,7 @@ def transactions_frame(batches: Iterable[models.Batch]) -> pl.DataFrame:
             "store_name": b.store_name,
             "batch_id": b.id,
             "host_ref": t.host_ref,
+            "position": position,
             "type": t.type,
             "card_last4": t.card_last4,
             "card_ref": t.card_ref,
@@ -169,7 +178,7 @@ def transactions_frame(batches: Iterable[models.Batch]) -> pl.DataFrame:
             "username": t.username,
         }
         for b in batches
-        for t in b.transactions
+        for position, t in enumerate(b.transactions)
     ]
     if not rows:
         return _empty(TRANSACTION_SCHEMA)
@@ -398,7 +407,9 @@ def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFram
         batches.select(
             "store_id", "store_name", pl.col("batchid").alias("batch_id"), "transactions"
         )
-        .explode("transactions")
+        # Each transaction's place in its batch's list, before anything is dropped.
+        .with_columns(pl.col("transactions").list.eval(pl.int_range(pl.len())).alias("_position"))
+        .explode("transactions", "_position")
         .unnest("transactions")
         .filter(pl.col("hostRef").is_not_null())
         .select(
@@ -406,6 +417,7 @@ def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFram
             "store_name",
             "batch_id",
             pl.col("hostRef").alias("host_ref"),
+            pl.col("_position").alias("position"),
             pl.col("type").str.to_lowercase().cast(TRANSACTION_TYPE),
             pl.col("cardno").str.slice(-4).alias("card_last4"),
             pl.col("cardref").alias("card_ref"),

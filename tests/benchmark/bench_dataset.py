@@ -1,7 +1,7 @@
 """The local dataset: sync beside sequential fetch, and the analytics suite read from it.
 
-    python tests/benchmark/bench_dataset.py [--stores 50] [--days 365] [--rows 10000000]
-                                            [--chunk 10000000]
+    python tests/benchmark/bench_dataset.py [--stores 50] [--days 365] [--rows 10000000 ...]
+                                            [--chunk 10000000] [--no-sync]
 
 1. Sync of a chain's history (``serve --seed chain``, a server in its own process, by
    default 50 stores and 365 days) with ``frames.sync`` (stores concurrently) beside a
@@ -28,7 +28,7 @@ import polars as pl
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 
-from bench_frames import batches_of, synthetic_transactions  # noqa: E402
+from bench_frames import Clock, batches_of, synthetic_transactions  # noqa: E402
 
 
 def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 365) -> Path:
@@ -74,27 +74,28 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
     return path
 
 
-def analytics_over_dataset(path: str) -> int:
-    from giftcard_toolkit import analytics, frames
+def analytics_over_dataset(path: str) -> Clock:
+    """The suite over ``frames.scan`` of the dataset: seconds and peak RSS per analysis."""
+    from duckdb_analytics import toolkit_calls
 
+    from giftcard_toolkit import frames
+
+    clock = Clock()
     batches, txs = frames.scan(path)
     as_of = txs.select(pl.col("at").max()).collect().item()
-    analytics.daily_summary(txs)
-    analytics.liability(txs)
-    analytics.redemption_curve(txs)
-    analytics.breakage(txs, as_of)
-    analytics.anomalies(txs)
-    analytics.reconcile(batches, txs)
-    return int(txs.select(pl.len()).collect().item())
+    clock.lap("read")
+    for name, call in toolkit_calls(txs, batches, as_of).items():
+        call()
+        clock.lap(name)
+    return clock
 
 
-def measure(path: str) -> dict[str, float]:
+def measure(path: str) -> dict[str, object]:
     started = time.perf_counter()
-    rows = analytics_over_dataset(path)
+    clock = analytics_over_dataset(path)
     seconds = time.perf_counter() - started
-    with open("/proc/self/status") as status:
-        peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    return {"seconds": seconds, "rows": rows, "peak_mb": peak_kb / 1024}
+    peak = max(clock.peaks.values())
+    return {"seconds": seconds, "steps": clock.seconds, "peaks": clock.peaks, "peak_mb": peak}
 
 
 def sync_beside_fetch(tmp: Path, stores: int, days: int) -> None:
@@ -132,6 +133,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000_000])
     parser.add_argument("--chunk", type=int, default=10_000_000)
+    parser.add_argument("--no-sync", action="store_true", help="skip the sync benchmark")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -139,7 +141,8 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
-        sync_beside_fetch(tmp, args.stores, args.days)
+        if not args.no_sync:
+            sync_beside_fetch(tmp, args.stores, args.days)
         for rows in args.rows:
             started = time.perf_counter()
             path = write_dataset(tmp / f"rows-{rows}", rows, chunk=args.chunk)
@@ -154,6 +157,12 @@ def main() -> None:
             print(
                 f"analytics suite over the dataset, {rows:,} transactions (written in "
                 f"{made:.0f} s): {result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
+                " ("
+                + ", ".join(
+                    f"{k} {v:.2f} s {result['peaks'][k]:,.0f} MB"
+                    for k, v in result["steps"].items()
+                )
+                + ")"
             )
     print("aims: sync >= 2x fetch; re-sync <= 2 s; analytics at 100M rows <= 3 GB peak")
 

@@ -17,18 +17,22 @@ synthetic (``synthetic_transactions``: stores, cards, days, seed), made once per
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))  # duckdb_analytics, beside this file
 START = datetime(2025, 10, 1, tzinfo=UTC)
 AMOUNTS = np.array([1000, 1500, 2000, 2500, 5000, 7500, 10000, 3550])  # cents
 
@@ -54,8 +58,9 @@ def synthetic_transactions(
     card, seconds = card[order], seconds[order]
     first = np.r_[True, card[1:] != card[:-1]]
     kind = np.where(first, 0, np.where(rng.random(rows) < 0.15, 1, 2))
-    # A card's later transactions come after its sale.
-    sale_second = np.maximum.accumulate(np.where(first, seconds, 0))
+    # A card's later transactions come after its sale (its first, the card's own: not a
+    # running maximum across cards, which piled most transactions onto the year's end).
+    sale_second = seconds[np.maximum.accumulate(np.where(first, np.arange(rows), 0))]
     seconds = np.where(first, seconds, np.maximum(seconds, sale_second + 60))
     cents = np.where(kind == 2, rng.integers(100, 6000, rows), rng.choice(AMOUNTS, rows))
     home = card % stores
@@ -79,13 +84,15 @@ def synthetic_transactions(
             signed.cum_sum().over("card").alias("new"),
             pl.int_range(pl.len()).over("card").alias("tie"),
         )
-        .sort("seconds")
+        .sort("seconds", "tie")
         .with_row_index("row")
         .select(
             store_id.alias("store_id"),
             pl.format("Store {}", pl.col("store")).alias("store_name"),
             pl.format("{}-{}", pl.col("store"), pl.col("seconds") // 86400).alias("batch_id"),
             pl.col("row").cast(pl.String).alias("host_ref"),
+            # Its place in its batch (one a store and day), oldest first, as the server lists.
+            pl.int_range(pl.len()).over("store", pl.col("seconds") // 86400).alias("position"),
             pl.col("kind")
             .replace_strict([0, 1, 2], ["sale", "reload", "redeem"], return_dtype=pl.String)
             .alias("type"),
@@ -215,32 +222,84 @@ def pandas_json(envelopes: list[bytes]) -> int:
     return len(txs)
 
 
-def polars_analytics(txs_path: str, batches_path: str, lazy: bool = False) -> int:
+class Clock:
+    """Seconds per step of one process's work, by name; and (``peaks``) each step's own
+    peak RSS in MB (Linux: the peak is reset after each step)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self.last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        with open("/proc/self/status") as status:
+            peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+        self.peaks[name] = peak_kb / 1024
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # the peak starts again here
+        self.last = time.perf_counter()
+
+
+def polars_analytics(txs_path: str, batches_path: str, lazy: bool = False) -> dict[str, float]:
     """The suite over the file read into memory once, or (``lazy``) scanned by each
     analysis for just the columns it needs: less memory, more reading."""
-    from giftcard_toolkit import analytics
+    from duckdb_analytics import toolkit_calls
 
+    clock = Clock()
     read = pl.scan_parquet if lazy else pl.read_parquet
     txs: pl.DataFrame | pl.LazyFrame = read(txs_path)
     batches: pl.DataFrame | pl.LazyFrame = read(batches_path)
     as_of = txs.lazy().select(pl.col("at").max()).collect().item()
-    analytics.daily_summary(txs)
-    analytics.liability(txs)
-    analytics.redemption_curve(txs)
-    analytics.breakage(txs, as_of)
-    analytics.anomalies(txs)
-    analytics.reconcile(batches, txs)
-    return int(txs.lazy().select(pl.len()).collect().item())
+    clock.lap("read")
+    for name, call in toolkit_calls(txs, batches, as_of).items():
+        call()
+        clock.lap(name)
+    return clock.seconds
 
 
-def polars_analytics_lazy(txs_path: str, batches_path: str) -> int:
+def polars_analytics_lazy(txs_path: str, batches_path: str) -> dict[str, float]:
     return polars_analytics(txs_path, batches_path, lazy=True)
 
 
-def pandas_analytics(txs_path: str, batches_path: str) -> int:
+def duckdb_analytics(txs_path: str, batches_path: str) -> dict[str, float]:
+    """The suite in DuckDB SQL written by hand, each query reading the Parquet files."""
+    from duckdb_analytics import connect, duckdb_calls
+
+    clock = Clock()
+    con = connect()
+    txs, batches = f"read_parquet('{txs_path}')", f"read_parquet('{batches_path}')"
+    as_of = con.sql(f'SELECT max("at") FROM {txs}').fetchall()[0][0]
+    clock.lap("read")
+    for name, call in duckdb_calls(con, txs, batches, as_of.isoformat()).items():
+        call()
+        clock.lap(name)
+    return clock.seconds
+
+
+def cross_check(txs_path: str, batches_path: str) -> dict[str, float]:
+    """The toolkit's answers and DuckDB's, compared to the cent, row by row: the run
+    stops here if any differs, before anything is timed."""
+    from duckdb_analytics import answers, connect, differences, duckdb_calls, toolkit_calls
+
+    txs, batches = pl.read_parquet(txs_path), pl.read_parquet(batches_path)
+    as_of = txs["at"].max()
+    ours = answers(toolkit_calls(txs, batches, as_of))  # type: ignore[arg-type]
+    con = connect()
+    sql_txs, sql_batches = f"read_parquet('{txs_path}')", f"read_parquet('{batches_path}')"
+    theirs = answers(duckdb_calls(con, sql_txs, sql_batches, as_of.isoformat()))  # type: ignore[union-attr]
+    found = differences(ours, theirs)
+    if found:
+        raise SystemExit("DuckDB and the toolkit differ:\n" + "\n".join(found.values()))
+    return {name: float(frame.height) for name, frame in ours.items()}
+
+
+def pandas_analytics(txs_path: str, batches_path: str) -> dict[str, float]:
     """The same six analyses in pandas, with the same rules as ``analytics``."""
     import pandas as pd
 
+    clock = Clock()
     tx = pd.read_parquet(txs_path)
     batches = pd.read_parquet(batches_path)
     for column in ("amount", "previous_balance", "new_balance"):
@@ -248,12 +307,14 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
     tx["signed"] = np.where(tx["type"] == "redeem", -tx["amount"], tx["amount"])
     tx["day"] = tx["at"].dt.floor("D")
     tx["card"] = tx["card_ref"].fillna(tx["card_last4"])
+    clock.lap("read")
     # daily summary
     daily = tx.groupby(["store_id", "store_name", "day", "type"], observed=True)["amount"]
     daily.agg(["count", "sum"]).unstack("type", fill_value=0)
     tx.groupby(["store_id", "store_name", "day"])["signed"].sum()
+    clock.lap("daily summary")
     # liability per home store and total
-    tx = tx.sort_values(["at", "host_ref"])
+    tx = tx.sort_values(["at", "position"])
     first = tx.groupby("card").agg(
         home=("store_id", "first"), opening=("previous_balance", "first")
     )
@@ -266,6 +327,7 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
     )
     per_store = change.cumsum(axis=1).add(first.groupby("home")["opening"].sum(), axis=0)
     per_store.sum(axis=0)
+    clock.lap("liability")
     # redemption curve
     activated = tx[tx["type"] == "sale"].groupby("card")["at"].min().rename("activated")
     cohort = tx.join(activated, on="card", how="inner")
@@ -278,6 +340,7 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
     curve = cohort.groupby(["week", "days", "redeem"])["amount"].sum().unstack(fill_value=0)
     curve = curve.groupby(level="week").cumsum()
     (curve.get(True, 0) / curve.get(False, 1)).dropna()
+    clock.lap("redemption curve")
     # breakage
     last = tx.groupby("card").agg(balance=("new_balance", "last"), last_used=("at", "last"))
     last = last[last["balance"] > 0]
@@ -285,6 +348,7 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
     bucket = pd.cut(idle, [-1, 30, 90, 180, 365, np.inf])
     last.groupby(bucket, observed=False)["balance"].agg(["count", "sum"])
     last[idle >= 365]["balance"].sum()
+    clock.lap("breakage")
     # anomalies
     sales = tx.loc[tx["type"] == "sale", ["card", "store_id", "at"]]
     redeems = tx[tx["type"] == "redeem"]
@@ -303,7 +367,7 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
         .count()
     )
     rolling[rolling > 4]
-    by_card = tx.sort_values(["card", "at", "host_ref"])
+    by_card = tx.sort_values(["card", "at", "position"])
     following = by_card.groupby("card")[["type", "at", "amount"]].shift(-1)
     starts = (
         (by_card["type"] == "reload")
@@ -313,26 +377,30 @@ def pandas_analytics(txs_path: str, batches_path: str) -> int:
     )
     cycles = starts.groupby(by_card["card"]).transform("sum")
     by_card[(starts | starts.groupby(by_card["card"]).shift(1, fill_value=False)) & (cycles >= 2)]
+    clock.lap("anomalies")
     # reconciliation
     computed = tx.groupby(["store_id", "batch_id"]).agg(
         count=("host_ref", "size"), net=("signed", "sum")
     )
     merged = batches.merge(computed, on=["store_id", "batch_id"], how="left")
     (merged["transaction_count"] == merged["count"]).all()
-    return len(tx)
+    clock.lap("reconciliation")
+    return clock.seconds
 
 
-WORK = {
+WORK: dict[str, Callable[..., Any]] = {
     "polars-json": polars_json,
     "pandas-json": pandas_json,
     "polars-analytics": polars_analytics,
     "polars-analytics-lazy": polars_analytics_lazy,
+    "duckdb-analytics": duckdb_analytics,
     "pandas-analytics": pandas_analytics,
+    "cross-check": cross_check,
 }
 
 
-def measure(work: str, paths: list[str]) -> dict[str, float]:
-    """Run one piece of work in this (fresh) process: seconds, rows, peak RSS."""
+def measure(work: str, paths: list[str]) -> dict[str, Any]:
+    """Run one piece of work in this (fresh) process: seconds (and per step), peak RSS."""
     if work.endswith("-json"):
         envelopes = Path(paths[0]).read_bytes().split(b"\n")
         started = time.perf_counter()
@@ -344,72 +412,122 @@ def measure(work: str, paths: list[str]) -> dict[str, float]:
     # VmHWM, not ru_maxrss: the latter keeps the parent's size across fork and exec.
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    peak_mb = peak_kb / 1024
-    return {"seconds": seconds, "rows": rows, "peak_mb": peak_mb}
+    steps = rows if isinstance(rows, dict) else {}
+    count = rows if isinstance(rows, int) else 0
+    return {"seconds": seconds, "rows": count, "steps": steps, "peak_mb": peak_kb / 1024}
 
 
-def run(work: str, paths: list[str]) -> dict[str, float]:
-    out = subprocess.run(
-        [sys.executable, str(HERE), "--measure", work, *paths],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run(work: str, paths: list[str]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(HERE), "--measure", work, *paths], capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"{work} failed:\n{done.stdout}{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+ENGINES = {
+    "toolkit eager": "polars-analytics",
+    "toolkit lazy": "polars-analytics-lazy",
+    "DuckDB SQL": "duckdb-analytics",
+    "pandas": "pandas-analytics",
+}
+
+
+def analytics_table(rows: int, files: list[str]) -> None:
+    """Cross-check, then each engine in its own process: seconds per analysis, ratios to
+    DuckDB, totals (read included) and peak RSS."""
+    from duckdb_analytics import NAMES
+
+    started = time.perf_counter()
+    checked = run("cross-check", files)["steps"]
+    print(
+        f"\nanalytics, {rows:,} transactions: the toolkit's answers equal DuckDB's to the cent "
+        f"(checked in {time.perf_counter() - started:.0f} s; rows: "
+        + ", ".join(f"{name} {int(n):,}" for name, n in checked.items())
+        + ")"
+    )
+    results = {who: run(work, files) for who, work in ENGINES.items()}
+    duck = results["DuckDB SQL"]
+    header = f"  {'analysis':18}" + "".join(f"{who:>15}" for who in results)
+    print(header + f"{'eager/DuckDB':>14}{'lazy/DuckDB':>13}")
+    for step in ("read", *NAMES):
+        line = f"  {step:18}" + "".join(f"{r['steps'][step]:13.2f} s" for r in results.values())
+        base = duck["steps"][step]
+        if step != "read":
+            line += "".join(
+                f"{results[who]['steps'][step] / base:13.2f}x"
+                for who in ("toolkit eager", "toolkit lazy")
+            )
+        print(line)
+    print(f"  {'total':18}" + "".join(f"{r['seconds']:13.2f} s" for r in results.values()))
+    print(
+        f"  {'total / DuckDB':18}"
+        + "".join(f"{r['seconds'] / duck['seconds']:14.2f}x" for r in results.values())
+    )
+    print(f"  {'peak RSS':18}" + "".join(f"{r['peak_mb']:12,.0f} MB" for r in results.values()))
+    print(
+        f"  {'peak / DuckDB':18}"
+        + "".join(f"{r['peak_mb'] / duck['peak_mb']:14.2f}x" for r in results.values())
+    )
+    print(
+        "  aims: total <= 1.0x DuckDB, no analysis above 1.2x, peak <= DuckDB's; "
+        "<= 10 s and <= 3 GB in the same run"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json-rows", type=int, default=1_000_000)
     parser.add_argument("--analytics-rows", type=int, default=10_000_000)
+    parser.add_argument(
+        "--only", choices=("json", "analytics"), help="run one of the two parts only"
+    )
+    parser.add_argument(
+        "--data", help="keep the generated files in this folder and reuse them on later runs"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args, paths = parser.parse_known_args()
     if args.measure:
         print(json.dumps(measure(args.measure, paths)))
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
-        tmp = Path(name)
-        started = time.perf_counter()
-        small = synthetic_transactions(args.json_rows)
-        (tmp / "batches.ndjson").write_bytes(b"\n".join(server_json(small)))
-        big = synthetic_transactions(args.analytics_rows, seed=1)
-        big.write_parquet(tmp / "txs.parquet")
-        batches_of(big).write_parquet(tmp / "batches.parquet")
-        del small, big
-        print(
-            f"data made in {time.perf_counter() - started:.0f} s "
-            f"({(tmp / 'batches.ndjson').stat().st_size / 1e6:.0f} MB of JSON)"
-        )
-        json_args = [str(tmp / "batches.ndjson")]
-        files = [str(tmp / "txs.parquet"), str(tmp / "batches.parquet")]
-        table = [
-            (
-                "JSON -> frames",
-                args.json_rows,
-                {"giftcard_toolkit (polars)": run("polars-json", json_args)},
-                run("pandas-json", json_args),
-            ),
-            (
-                "analytics suite",
-                args.analytics_rows,
-                {
-                    "giftcard_toolkit (eager)": run("polars-analytics", files),
-                    "giftcard_toolkit (lazy scan)": run("polars-analytics-lazy", files),
-                },
-                run("pandas-analytics", files),
-            ),
-        ]
-    for label, rows, ours, theirs in table:
-        print(f"\n{label}: {rows:,} transactions")
-        for who, result in [*ours.items(), ("pandas", theirs)]:
-            speedup = theirs["seconds"] / result["seconds"]
-            print(
-                f"  {who:29} {result['seconds']:7.2f} s  {rows / result['seconds']:11,.0f} "
-                f"rows/s  peak RSS {result['peak_mb']:6,.0f} MB  {speedup:5.1f}x pandas"
-            )
+        tmp = Path(args.data or name)
+        tmp.mkdir(parents=True, exist_ok=True)
+        if args.only != "analytics":
+            json_part(tmp, args.json_rows)
+        if args.only != "json":
+            txs = tmp / f"txs-{args.analytics_rows}.parquet"
+            batches = tmp / f"batches-{args.analytics_rows}.parquet"
+            if not (txs.exists() and batches.exists()):
+                started = time.perf_counter()
+                big = synthetic_transactions(args.analytics_rows, seed=1)
+                big.write_parquet(txs)
+                batches_of(big).write_parquet(batches)
+                del big
+                print(f"analytics data made in {time.perf_counter() - started:.0f} s")
+            analytics_table(args.analytics_rows, [str(txs), str(batches)])
+
+
+def json_part(tmp: Path, rows: int) -> None:
+    started = time.perf_counter()
+    small = synthetic_transactions(rows)
+    (tmp / "batches.ndjson").write_bytes(b"\n".join(server_json(small)))
+    del small
     print(
-        "\naims: JSON >= 1M rows/s and >= 5x pandas; analytics <= 10 s, >= 5x pandas, <= 3 GB peak"
+        f"JSON made in {time.perf_counter() - started:.0f} s "
+        f"({(tmp / 'batches.ndjson').stat().st_size / 1e6:.0f} MB)"
     )
+    json_args = [str(tmp / "batches.ndjson")]
+    ours, theirs = run("polars-json", json_args), run("pandas-json", json_args)
+    print(f"\nJSON -> frames: {rows:,} transactions")
+    for who, result in [("giftcard_toolkit (polars)", ours), ("pandas", theirs)]:
+        speedup = theirs["seconds"] / result["seconds"]
+        print(
+            f"  {who:29} {result['seconds']:7.2f} s  {rows / result['seconds']:11,.0f} "
+            f"rows/s  peak RSS {result['peak_mb']:6,.0f} MB  {speedup:5.1f}x pandas"
+        )
+    print("  aims: >= 1M rows/s and >= 5x pandas")
 
 
 if __name__ == "__main__":
