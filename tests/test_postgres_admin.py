@@ -59,9 +59,7 @@ def test_copying_into_a_database_with_data_is_refused_and_changes_nothing(tmp_pa
     assert main(["admin", "--db", url, "copy-from-sqlite", str(source)]) == 0
     with pytest.raises(SystemExit) as refused:
         main(["admin", "--db", url, "copy-from-sqlite", str(source)])
-    assert "holds data already" in str(refused.value) and "nothing was copied" in str(
-        refused.value
-    )
+    assert "holds data already" in str(refused.value) and "nothing was copied" in str(refused.value)
     ledger = Ledger(url)
     try:
         assert ledger.check_invariants() == []
