@@ -23,6 +23,7 @@ from giftcard_toolkit.analysis.analytics import PartialHistoryWarning
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmark"))
 import duckdb_analytics as sql  # noqa: E402
+from bench_frames import batches_of  # noqa: E402
 
 START = datetime(2025, 3, 3, 9, tzinfo=UTC)
 STORES = {"s1": "North", "s2": "South", "s3": "Airport"}
@@ -75,24 +76,7 @@ def _batches(txs: pl.DataFrame, off: bool) -> pl.DataFrame:
     """The batches of ``txs`` with their true totals (``off``: one reported a cent short),
     and an empty batch."""
 
-    def total(kind: str) -> pl.Expr:
-        return pl.col("amount").filter(pl.col("type") == kind).sum()
-
-    signed = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
-    found = (
-        txs.group_by("store_id", "store_name", "batch_id")
-        .agg(
-            pl.lit("closed").alias("status"),
-            pl.col("at").min().alias("opened_at"),
-            pl.col("at").max().alias("closed_at"),
-            pl.len().cast(pl.Int64).alias("transaction_count"),
-            total("sale").alias("sold"),
-            total("reload").alias("reloaded"),
-            total("redeem").alias("redeemed"),
-            signed.sum().alias("net"),
-        )
-        .sort("batch_id")
-    )
+    found = batches_of(txs).sort("batch_id")
     if off:
         found = found.with_columns(
             pl.when(pl.int_range(pl.len()) == 0)
