@@ -22,12 +22,27 @@ _lock = threading.Lock()
 _server: dict[str, object] = {}
 
 
+def _pgserver() -> Any:
+    """The pgserver module, its lock files kept in a folder of this test process's own.
+
+    pgserver keeps them in the user's runtime folder; without XDG_RUNTIME_DIR (CI, root)
+    that is a ``runtime-<uid>`` folder left in the temporary folder for good."""
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        import atexit
+
+        runtime = tempfile.mkdtemp(prefix="giftcard-pg-run-")
+        os.environ["XDG_RUNTIME_DIR"] = runtime
+        atexit.register(shutil.rmtree, runtime, ignore_errors=True)
+    import pgserver
+
+    return pgserver
+
+
 def require_postgres() -> None:
     """Skip (locally) or fail (CI=true) when psycopg or pgserver is missing."""
-    try:
-        import pgserver  # noqa: F401
-        import psycopg  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("pgserver") is None or find_spec("psycopg") is None:
         message = (
             "PostgreSQL tests need psycopg and pgserver: .venv/bin/pip install -e '.[test]' "
             "(./dev test does it)"
@@ -44,10 +59,8 @@ def server_url() -> str:
         if "url" not in _server:
             import atexit
 
-            import pgserver
-
             folder = Path(tempfile.mkdtemp(prefix="giftcard-pg-"))
-            server = pgserver.get_server(folder, cleanup_mode="stop")
+            server = _pgserver().get_server(folder, cleanup_mode="stop")
             _server.update(url=server.get_uri(), server=server, folder=folder)
 
             def stop() -> None:
@@ -79,11 +92,9 @@ def new_database(base: str | None = None) -> str:
 def own_server() -> Iterator[Any]:
     """A PostgreSQL of the caller's own (a pgserver handle), for a test that stops and
     starts it; stopped and deleted when the block ends."""
-    import pgserver
-
     require_postgres()
     folder = Path(tempfile.mkdtemp(prefix="giftcard-pg-own-"))
-    server = pgserver.get_server(folder, cleanup_mode="stop")
+    server = _pgserver().get_server(folder, cleanup_mode="stop")
     try:
         yield server
     finally:

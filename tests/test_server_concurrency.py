@@ -62,9 +62,16 @@ def test_redeems_racing_a_batch_close_land_in_exactly_one_batch():
         closed_refs: dict[str, set[str]] = {}
         stop = threading.Event()
 
+        sent = [0]
+
         def redeemer(token: str) -> None:
+            # At least 25 each, and on until the closer has closed a few batches under them
+            # (a close takes longer on some backends); never past the card's 100.00.
             with httpx.Client(base_url=srv.url, auth=("demo", "demo-password")) as http:
-                for _ in range(25):
+                for n in range(90):
+                    if n >= 25 and len(closed_ids) >= 3:
+                        break
+                    sent[0] += 1
                     answer = http.post(
                         "/Transaction/radeem",
                         json={"cardtoken": token, "amount": 1, "FranchiseeID": store},
@@ -107,7 +114,7 @@ def test_redeems_racing_a_batch_close_land_in_exactly_one_batch():
                 (-t["amount"] if t["type"] == "redeem" else t["amount"])
                 for t in batch["transactions"]
             )
-        assert len(approved) == 100
+        assert len(approved) == sent[0] >= 100
         assert set(approved) <= set(seen), "an approved redeem in no batch"
         assert len(closed_ids) >= 2, "the close really raced the redeems"
         for batch_id, refs in closed_refs.items():

@@ -47,6 +47,12 @@ WRITE_THREADS = 8
 # answered 503, and the longest wait between two tries (seconds).
 RETRIES = 30
 RETRY_WAIT_MAX = 0.05
+# After this many lost conflicts a write runs alone: it first locks the tables writes change
+# (readers are not blocked), waits for the writes in flight, and only then takes its
+# snapshot, so nothing can conflict with it. A long write (a batch close, reading the
+# batch's rows) racing a stream of short ones (redeems at that store) would lose every time.
+ALONE_AFTER = 3
+_WRITTEN_TABLES = "cards, code_failures, tokens, batches, ledger, status_changes, idempotency"
 CONNECT_TIMEOUT = 3  # seconds
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 # Serialises the schema's creation between processes starting at once (any fixed number).
@@ -251,15 +257,18 @@ class PostgresStorage(MetaTable):
     # ------------------------------------------------------------ transactions
 
     @contextmanager
-    def write(self) -> Iterator[PgConnection]:
+    def write(self, alone: bool = False) -> Iterator[PgConnection]:
         """One ``SERIALIZABLE`` transaction: committed on success, rolled back on error.
         Nested calls in the same thread join the outer transaction. A serialization
-        conflict is raised (``submit`` runs the write again)."""
+        conflict is raised (``submit`` runs the write again). ``alone``: no other write
+        runs beside it (see ``ALONE_AFTER``; ``LOCK TABLE`` takes no snapshot)."""
         if getattr(self._local, "in_write", False):
             yield self._local.conn
             return
         conn = self.connection()
         conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        if alone:
+            conn.execute(f"LOCK TABLE {_WRITTEN_TABLES} IN SHARE ROW EXCLUSIVE MODE")
         self._local.in_write = True
         try:
             yield conn
@@ -298,7 +307,7 @@ class PostgresStorage(MetaTable):
     def _run(self, write: Callable[[], T]) -> T:
         for attempt in range(RETRIES + 1):
             try:
-                with self.write():
+                with self.write(alone=attempt >= ALONE_AFTER):
                     return write()
             except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
                 if attempt == RETRIES:
