@@ -694,6 +694,15 @@ def liability(
     return _split(per_store, list(_PERIOD_COLUMNS), ["liability"], by, chosen)
 
 
+# The redemption curve's share: redeemed / loaded (a float, null when nothing was loaded);
+# the explorer takes it anew for the sums of several stores' rows.
+REDEEMED_SHARE = (
+    pl.when(pl.col("loaded") > 0)
+    .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
+    .alias("share")
+)
+
+
 def redemption_curve(
     txs: Frame,
     horizon_days: int = 84,
@@ -819,9 +828,7 @@ def redemption_curve(
         .filter((pl.lit(known) - pl.col("youngest")).dt.total_seconds() / 86400 >= pl.col("days"))
         .select(
             *columns,
-            pl.when(pl.col("loaded") > 0)
-            .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
-            .alias("share"),
+            REDEEMED_SHARE,
         )
         .sort("store_id", "cohort_start", "days")
     )

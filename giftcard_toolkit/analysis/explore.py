@@ -284,11 +284,8 @@ class Explorer(widgets.VBox):
         stores = self.known_stores.filter(pl.col("store_id").is_in(chosen))
         sums = ["cards", "loaded", "redeemed"]
         total = analytics._split(rows.drop("share"), keys, sums, None, stores)
-        return total.join(known.select(keys), on=keys, how="semi").with_columns(
-            pl.when(pl.col("loaded") > 0)
-            .then(pl.col("redeemed").cast(pl.Float64) / pl.col("loaded").cast(pl.Float64))
-            .alias("share")
-        )
+        known_rows = total.join(known.select(keys), on=keys, how="semi")
+        return known_rows.with_columns(analytics.REDEEMED_SHARE)
 
     # ---------------------------------------------------------------- choice
 
