@@ -53,6 +53,13 @@ RETRY_WAIT_MAX = 0.05
 # batch's rows) racing a stream of short ones (redeems at that store) would lose every time.
 ALONE_AFTER = 3
 _WRITTEN_TABLES = "cards, code_failures, tokens, batches, ledger, status_changes, idempotency"
+# Every write locks those tables first, all in one order: side by side (writes do not block
+# each other; ``ROW EXCLUSIVE`` is what their row changes take anyway) or alone. A write
+# taking its table locks one by one as it goes could otherwise hold one a lone write waits
+# for while waiting for one the lone write holds: a deadlock, found only after PostgreSQL's
+# ``deadlock_timeout`` (1 s) and answered by running both again.
+_SIDE_BY_SIDE_LOCK = f"LOCK TABLE {_WRITTEN_TABLES} IN ROW EXCLUSIVE MODE"
+_ALONE_LOCK = f"LOCK TABLE {_WRITTEN_TABLES} IN SHARE ROW EXCLUSIVE MODE"
 CONNECT_TIMEOUT = 3  # seconds
 _IDLE = 0  # psycopg.pq.TransactionStatus.IDLE: no transaction open on the connection
 # Serialises the schema's creation between processes starting at once (any fixed number).
@@ -151,9 +158,18 @@ class PgConnection:
         return _Cursor(rows, cursor.rowcount)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Cursor:
+        return self._again_if_dropped(lambda: self._execute(sql, parameters))
+
+    def begin_write(self, lock: str) -> None:
+        """``BEGIN`` a serializable transaction and take its table locks, in one round trip
+        (no parameters: one simple query; ``LOCK TABLE`` takes no snapshot)."""
+        statement = f"BEGIN ISOLATION LEVEL SERIALIZABLE; {lock}"
+        self._again_if_dropped(lambda: self.raw.execute(statement))
+
+    def _again_if_dropped(self, call: Callable[[], T]) -> T:
         idle = self.raw.info.transaction_status == _IDLE
         try:
-            return self._execute(sql, parameters)
+            return call()
         except psycopg.OperationalError as lost:
             if self.usable:
                 raise  # the database answered (a conflict, a cancelled statement)
@@ -162,7 +178,7 @@ class PgConnection:
         with suppress(Exception):
             self.raw.close()
         self.raw = self._reopen()  # DatabaseUnavailable while the database is still away
-        return self._execute(sql, parameters)
+        return call()
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Cursor:
         with self.raw.cursor() as cursor:
@@ -266,9 +282,7 @@ class PostgresStorage(MetaTable):
             yield self._local.conn
             return
         conn = self.connection()
-        conn.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-        if alone:
-            conn.execute(f"LOCK TABLE {_WRITTEN_TABLES} IN SHARE ROW EXCLUSIVE MODE")
+        conn.begin_write(_ALONE_LOCK if alone else _SIDE_BY_SIDE_LOCK)
         self._local.in_write = True
         try:
             yield conn
@@ -309,7 +323,8 @@ class PostgresStorage(MetaTable):
             try:
                 with self.write(alone=attempt >= ALONE_AFTER):
                     return write()
-            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected):
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as _e:
+                log.warning("PROBE conflict attempt=%s %s", attempt, str(_e).splitlines()[0])
                 if attempt == RETRIES:
                     raise DatabaseUnavailable(
                         f"this write met other writes of the same rows {RETRIES + 1} times "
