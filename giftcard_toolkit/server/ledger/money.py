@@ -30,6 +30,10 @@ from giftcard_toolkit.server.ledger.storage import Conn, Row
 from giftcard_toolkit.server.ledger.tokens import Tokens, expired
 
 CARD_LIFETIME_YEARS = 5
+_LEDGER_COLUMNS = (
+    "card_id, store_id, batch_id, type, amount_cents, previous_cents, new_cents, pos_ref, at,"
+    " username"
+)
 
 
 def years_later(moment: datetime, years: int) -> datetime:
@@ -106,24 +110,32 @@ class Money:
             ).rowcount
         if updated != 1:  # cannot happen: the store keeps writers of a card apart; refuse
             raise RuntimeError("card changed during its own transaction")
-        batch_id = self.batches.open_batch(conn, store["id"], now)
-        (created,) = conn.execute(
-            "INSERT INTO ledger(card_id, store_id, batch_id, type, amount_cents, previous_cents,"
-            " new_cents, pos_ref, at, username) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (
-                card["id"],
-                store["id"],
-                batch_id,
-                kind,
-                cents,
-                card["balance_cents"],
-                new_cents,
-                pos_ref,
-                ts(now),
-                username,
-            ),
+        row = (
+            card["id"],
+            store["id"],
+            kind,
+            cents,
+            card["balance_cents"],
+            new_cents,
+            pos_ref,
+            ts(now),
+            username,
+        )
+        # Into the store's open batch, found by the insert itself (one statement, one round
+        # trip on PostgreSQL); the first movement after a close opens the next batch.
+        created = conn.execute(
+            f"INSERT INTO ledger({_LEDGER_COLUMNS}) SELECT ?, ?, id, ?, ?, ?, ?, ?, ?, ? "
+            "FROM batches WHERE store_id = ? AND status = 'open' RETURNING id",
+            (*row, store["id"]),
         ).fetchall()
-        return int(created[0])
+        if not created:
+            batch_id = self.batches.open_batch(conn, store["id"], now)
+            created = conn.execute(
+                f"INSERT INTO ledger({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                (*row[:2], batch_id, *row[2:]),
+            ).fetchall()
+        return int(created[0][0])
 
     def load(
         self,
