@@ -458,3 +458,23 @@ def test_stores_keeps_those_stores_lines_as_the_whole_journal_has_them(demo_txs)
     airport = accounting.journal(demo_txs, breakage="remote", stores="airport kiosk")
     assert set(airport["store_name"]) == {"Airport Kiosk"}
     assert airport.equals(whole.filter(pl.col("store_name") == "Airport Kiosk"))
+
+
+def test_a_remote_balance_is_the_cards_last_whatever_the_rows_order_when_times_tie():
+    """A sale and a redeem at one instant (a server that rounds time): the balance that
+    goes idle is the one after the redeem the server listed second, however the rows of
+    the frame are shuffled."""
+    sold, later = datetime(2025, 1, 10, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)
+    txs = frame_of(
+        [
+            (A, "c0001", "sale", D("50.00"), sold),
+            (A, "c0001", "redeem", D("20.00"), sold),
+            (A, "c0002", "sale", D("10.00"), later),  # the books run on to June
+        ]
+    ).with_columns(pl.int_range(pl.len(), dtype=pl.Int32).alias("position"))
+    assert txs["type"].to_list()[:2] == ["sale", "redeem"] and txs["new_balance"][1] == 30
+    expected = accounting.journal(txs, breakage="remote", dormant_days=90)
+    broken = expected.filter(pl.col("account") == "breakage_income")
+    assert broken.select("period_start", "credit").rows() == [(date(2025, 4, 1), D("30.00"))]
+    for shuffled in (txs.reverse(), txs.sample(fraction=1.0, seed=3, shuffle=True)):
+        assert accounting.journal(shuffled, breakage="remote", dormant_days=90).equals(expected)

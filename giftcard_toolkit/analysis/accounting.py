@@ -587,11 +587,12 @@ def _dormancy_starts(
         raise ValueError(f"dormant_days={dormant_days!r}: give a whole number of days, e.g. 365")
     idle = pl.duration(days=dormant_days)
     # Sorted by card and time, a card's next transaction is the next row (when it is the
-    # same card's): cheaper than a window over cards.
+    # same card's): cheaper than a window over cards. Transactions of one instant are taken
+    # in the server's order (their place in the batch), whatever the rows' order.
     same_card = pl.col("card").shift(-1) == pl.col("card")
     spans = (
-        lf.select("card", "at", "new_balance")
-        .sort("card", "at")
+        lf.select("card", "at", "position", "new_balance")
+        .sort("card", "at", "position")
         .with_columns(pl.when(same_card).then(pl.col("at").shift(-1)).alias("next_at"))
         .filter(
             (pl.col("new_balance") > 0)
