@@ -82,3 +82,18 @@ def test_close_stops_the_writer_after_finishing_what_was_queued(tmp_path):
     future = ledger.submit(lambda: ledger.redeem("demo", stores, ref, Decimal("2.50"), store, None))
     ledger.close()
     assert json.loads(future.result(timeout=10))["newbalance"] == Decimal("7.5")
+
+
+def test_operations_in_one_transaction_leave_no_savepoint_open(demo):
+    """A seed (or a group commit) runs many operations in one transaction: each releases
+    its savepoint, declined or not, so they do not nest deeper and deeper (a chain's seed
+    slowed from seconds to many minutes when they did)."""
+    ledger, data = demo
+    ref, store_id, stores = _fresh_card(ledger, data, "10")
+    with ledger.write() as conn:
+        approved = ledger.redeem("demo", stores, ref, Decimal("1"), store_id, None)
+        declined = ledger.redeem("demo", stores, ref, Decimal("500"), store_id, None)
+        assert json.loads(approved)["statuscode"] == "000000"
+        assert json.loads(declined)["statuscode"] == "100005"
+        with pytest.raises(Exception, match="(?i)savepoint"):
+            conn.execute("RELEASE operation")  # none left open by the operations

@@ -126,14 +126,15 @@ class Operations:
         """
         now = self.books.now()
         with self.books.storage.write() as conn:
-            # Left to the commit (or to an enclosing savepoint's release) to release: one
-            # round trip less for every write on PostgreSQL.
             conn.execute("SAVEPOINT operation")
             try:
                 body = operation(conn, now)
             except Decline as decline:
                 conn.execute("ROLLBACK TO operation")
                 body = decline_body(decline.code, **decline.extra)
+            # Released here, not left to the commit: a seed runs thousands of operations in
+            # one transaction, and savepoints left open nest deeper with each of them.
+            conn.execute("RELEASE operation")
             text = dumps(body)
             if idem is not None and body.get("statuscode") in UNRESOLVED_CARD:
                 # Nothing was applied and nothing can be judged about the card: keep no
