@@ -37,10 +37,12 @@ The same keywords mean the same everywhere:
 
 from __future__ import annotations
 
+import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -443,6 +445,94 @@ def _as_home(chosen: pl.DataFrame | None) -> list[pl.Expr]:
     ]
 
 
+# A card-following measure over a scanned history of more transactions than this reads it
+# in parts of cards (each card wholly in one part, chosen by a hash of it), one part after
+# the other, and adds up the parts' aggregates (sums and counts over cards, and maxima):
+# the table of one row a card, which grows with the history, is then never held whole.
+_CARD_PART_ROWS = 20_000_000
+
+
+def _card_parts(txs: Frame) -> int:
+    """How many parts of cards a card-following measure reads ``txs`` in: one for a frame
+    in memory, else one per ``_CARD_PART_ROWS`` transactions (a scan's row count comes
+    from its files' metadata)."""
+    if isinstance(txs, pl.DataFrame):
+        return 1
+    rows = txs.select(pl.len()).collect(engine=ENGINE).item()
+    return max(1, -(-rows // _CARD_PART_ROWS))
+
+
+def _in_parts(lf: pl.LazyFrame, parts: int, folder: str | None = None) -> list[pl.LazyFrame]:
+    """``lf`` (with its ``card``) as ``parts`` frames of whole cards, by a hash of the card:
+    each part a filter of ``lf`` (read again for each part), or, given a ``folder``, its
+    own Parquet files there, written in one read of ``lf`` (worth it when the parts are
+    many: each then reads its own rows only)."""
+    part_of = pl.col("card").hash() % parts
+    if parts == 1:
+        return [lf]
+    if folder is None:
+        return [lf.filter(part_of == part) for part in range(parts)]
+    schema = lf.collect_schema()
+    lf.with_columns(part_of.alias("_part")).sink_parquet(
+        pl.PartitionBy(folder, key="_part", include_key=False),
+        compression="lz4",
+        mkdir=True,
+        engine=ENGINE,
+    )
+    found = []
+    for part in range(parts):
+        files = sorted(Path(folder, f"_part={part}").glob("*.parquet"))
+        found.append(
+            pl.scan_parquet(files, hive_partitioning=False).select(*schema)
+            if files
+            else pl.LazyFrame(schema=schema)
+        )
+    return found
+
+
+def _add_parts(
+    found: list[pl.DataFrame], keys: list[str], maxima: Iterable[str] = ()
+) -> pl.DataFrame:
+    """The parts' aggregates added up per ``keys``: each other column summed (those of
+    ``maxima``: their maximum), in the parts' own types."""
+    if len(found) == 1:
+        return found[0]
+    whole = pl.concat(found)
+    values = [name for name in whole.columns if name not in keys]
+    largest = set(maxima)
+    return (
+        whole.group_by(keys)
+        .agg(pl.col(name).max() if name in largest else pl.col(name).sum() for name in values)
+        .cast({name: whole.schema[name] for name in values})
+        .select(whole.columns)
+    )
+
+
+def _held(per_card: pl.LazyFrame, parts: int) -> pl.LazyFrame:
+    """A part's cards, computed once and held (one part's are few) when a measure joins
+    them back to the part's transactions: the part is then read again rather than kept
+    whole in memory while its cards are grouped."""
+    return per_card if parts == 1 else per_card.collect(engine=ENGINE).lazy()
+
+
+def _collect_parts(
+    lf: pl.LazyFrame,
+    parts: int,
+    per_part: Callable[[pl.LazyFrame], list[pl.LazyFrame]],
+    once: list[pl.LazyFrame],
+) -> tuple[list[list[pl.DataFrame]], list[pl.DataFrame]]:
+    """The frames of ``per_part`` (given a part's transactions), each as the list of its
+    parts, and those of ``once`` (over all): all in one collect for one part, else
+    ``once`` first, then part after part."""
+    if parts == 1:
+        found = pl.collect_all([*per_part(lf), *once], engine=ENGINE)
+        split = len(found) - len(once)
+        return [[frame] for frame in found[:split]], found[split:]
+    whole = pl.collect_all(once, engine=ENGINE)
+    by_part = [pl.collect_all(per_part(part), engine=ENGINE) for part in _in_parts(lf, parts)]
+    return [list(frames) for frames in zip(*by_part, strict=True)], whole
+
+
 def cards(
     txs: Frame,
     as_of: date | datetime | None = None,
@@ -635,29 +725,43 @@ def liability(
     lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
     chosen = _chosen(txs, stores)
     change = _money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change")
-    if _homes_needed(chosen, by):
-        per_card = _card_rows(
-            lf, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
+    homes = _homes_needed(chosen, by)
+    parts = _card_parts(txs)
+
+    def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
+        """A part's opening balances per home store, and with ``homes`` its changes."""
+        if homes:
+            per_card = _card_rows(
+                part, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
+            )
+            per_card = _held(per_card, parts)
+        else:
+            per_card = _card_rows(part, "opening_balance", "gap", "part_way").with_columns(
+                _as_home(chosen)
+            )
+        opening = per_card.group_by("home_store_id", "home_store_name").agg(
+            _money_sum(pl.col("opening_balance")).alias("opening"),
+            pl.col("gap", "part_way").sum(),
         )
+        if not homes:
+            return [opening]
         changes = (
-            lf.join(per_card.select("card", "home_store_id"), on="card")
+            part.join(per_card.select("card", "home_store_id"), on="card")
             .group_by("home_store_id", _period_of(window, every))
             .agg(change)
         )
-    else:  # the chain's total: no card's home store is needed, nor a second read
-        per_card = _card_rows(lf, "opening_balance", "gap", "part_way").with_columns(
-            _as_home(chosen)
-        )
+        return [opening, changes]
+
+    once = [_bounds(txs, window)]
+    if not homes:  # the chain's total: no card's home store is needed, nor a second read
         changes = (
             lf.group_by(_period_of(window, every)).agg(change).with_columns(_as_home(chosen)[0])
         )
-    opening = per_card.group_by("home_store_id", "home_store_name").agg(
-        _money_sum(pl.col("opening_balance")).alias("opening"),
-        pl.col("gap", "part_way").sum(),
-    )
-    changes_df, opening_df, bounds_df = pl.collect_all(
-        [changes, opening, _bounds(txs, window)], engine=ENGINE
-    )
+        once.append(changes)
+    in_parts, whole = _collect_parts(lf, parts, per_part, once)
+    bounds_df = whole[0]
+    opening_df = _add_parts(in_parts[0], ["home_store_id", "home_store_name"])
+    changes_df = _add_parts(in_parts[1], ["home_store_id", "period_start"]) if homes else whole[1]
     first, last = bounds_df.row(0)
     opening_df = _warn_partial(opening_df)
     columns: dict[str, Any] = {**_PERIOD_COLUMNS, **_STORE_COLUMNS, "liability": MONEY}
@@ -751,32 +855,48 @@ def redemption_curve(
         in_window &= activated >= window.since
     if window.until is not None:
         in_window &= activated < window.until
-    if _homes_needed(chosen, by):
-        per_card = _card_rows(lf, "home_store_id", "home_store_name", "sold_at", "gap")
-    else:  # the chain's total: a card's sale, not its home store
-        per_card = _card_rows(lf, "sold_at", "gap").with_columns(_as_home(chosen))
-    per_card = per_card.filter(in_window).with_columns(
-        _period_of(window, cohort, "sold_at").alias("cohort_start")
-    )
-    per_tx = (
-        lf.join(per_card.select("card", "home_store_id", "sold_at", "cohort_start"), on="card")
-        .with_columns(((pl.col("at") - activated).dt.total_seconds() / 86400).alias("age"))
-        .filter(pl.col("age") <= horizon_days)
-        # The first N of the grid whose window holds the transaction (age <= N).
-        .with_columns(((pl.col("age") / step_days).ceil() * step_days).cast(pl.Int64).alias("days"))
-        .group_by("home_store_id", "cohort_start", "days")
-        .agg(
-            _money_sum(pl.when(~_of_type("redeem")).then(pl.col("amount"))).alias("loaded"),
-            _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias("redeemed"),
+    homes = _homes_needed(chosen, by)
+    parts = _card_parts(txs)
+
+    def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
+        """A part's loaded and redeemed per cohort and age, and its cohorts' cards."""
+        if homes:
+            per_card = _card_rows(part, "home_store_id", "home_store_name", "sold_at", "gap")
+        else:  # the chain's total: a card's sale, not its home store
+            per_card = _card_rows(part, "sold_at", "gap").with_columns(_as_home(chosen))
+        per_card = per_card.filter(in_window).with_columns(
+            _period_of(window, cohort, "sold_at").alias("cohort_start")
         )
-    )
-    cohorts = per_card.group_by("home_store_id", "home_store_name", "cohort_start").agg(
-        pl.len().cast(pl.Int64).alias("cards"),
-        activated.max().alias("youngest"),
-        pl.col("gap").sum(),
-    )
+        per_card = _held(per_card, parts)
+        per_tx = (
+            part.join(
+                per_card.select("card", "home_store_id", "sold_at", "cohort_start"), on="card"
+            )
+            .with_columns(((pl.col("at") - activated).dt.total_seconds() / 86400).alias("age"))
+            .filter(pl.col("age") <= horizon_days)
+            # The first N of the grid whose window holds the transaction (age <= N).
+            .with_columns(
+                ((pl.col("age") / step_days).ceil() * step_days).cast(pl.Int64).alias("days")
+            )
+            .group_by("home_store_id", "cohort_start", "days")
+            .agg(
+                _money_sum(pl.when(~_of_type("redeem")).then(pl.col("amount"))).alias("loaded"),
+                _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias("redeemed"),
+            )
+        )
+        cohorts = per_card.group_by("home_store_id", "home_store_name", "cohort_start").agg(
+            pl.len().cast(pl.Int64).alias("cards"),
+            activated.max().alias("youngest"),
+            pl.col("gap").sum(),
+        )
+        return [per_tx, cohorts]
+
     data_end = lf.select(pl.col("at").max())
-    steps_df, cohorts_df, end_df = pl.collect_all([per_tx, cohorts, data_end], engine=ENGINE)
+    in_parts, (end_df,) = _collect_parts(lf, parts, per_part, [data_end])
+    steps_df = _add_parts(in_parts[0], ["home_store_id", "cohort_start", "days"])
+    cohorts_df = _add_parts(
+        in_parts[1], ["home_store_id", "home_store_name", "cohort_start"], maxima=["youngest"]
+    )
     cohorts_df = _warn_partial(cohorts_df)
     columns: dict[str, Any] = {
         **_STORE_COLUMNS,
@@ -868,33 +988,46 @@ def breakage(
     window = _window(tz, as_of=as_of)
     lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
     chosen = _chosen(txs, stores)
-    # Idle as at the end of ``as_of``, else as at the last transaction.
-    moment = pl.lit(window.as_of) if window.as_of is not None else pl.col("last_used").max()
+    parts = _card_parts(txs)
+    # Idle as at the end of ``as_of``, else as at the last transaction (of every card: found
+    # first when the cards are read in parts).
+    if window.as_of is not None:
+        moment = pl.lit(window.as_of)
+    elif parts == 1:
+        moment = pl.col("last_used").max()
+    else:
+        moment = pl.lit(lf.select(pl.col("at").max()).collect(engine=ENGINE).item(), dtype=TIME)
     idle_days = (moment - pl.col("last_used")).dt.total_days()
     bucket = pl.lit(BREAKAGE_BUCKETS[-1][2])
     for low, high, name in reversed(BREAKAGE_BUCKETS[:-1]):
         bucket = pl.when(idle_days.is_between(low, high)).then(pl.lit(name)).otherwise(bucket)
     holding = pl.col("balance") > 0
     wanted = ["balance", "last_used", "gap", "part_way"]
-    if _homes_needed(chosen, by):
-        per_card = _card_rows(lf, "home_store_id", "home_store_name", *wanted)
-    else:  # the chain's total: a card's balance and last use, not its home store
-        per_card = _card_rows(lf, *wanted).with_columns(_as_home(chosen))
-    per_store = (
-        per_card.with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
-        .group_by("home_store_id", "home_store_name", "idle")
-        .agg(
-            holding.sum().cast(pl.Int64).alias("cards"),
-            _money_sum(pl.col("balance").filter(holding)).alias("balance"),
-            _money_sum(
-                pl.col("balance").filter(holding & (pl.col("idle_days") >= dormant_days))
-            ).alias("breakage"),
-            pl.col("gap", "part_way").sum(),
+    homes = _homes_needed(chosen, by)
+
+    def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
+        """A part's cards and balances per home store and bucket."""
+        if homes:
+            per_card = _card_rows(part, "home_store_id", "home_store_name", *wanted)
+        else:  # the chain's total: a card's balance and last use, not its home store
+            per_card = _card_rows(part, *wanted).with_columns(_as_home(chosen))
+        per_store = (
+            per_card.with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
+            .group_by("home_store_id", "home_store_name", "idle")
+            .agg(
+                holding.sum().cast(pl.Int64).alias("cards"),
+                _money_sum(pl.col("balance").filter(holding)).alias("balance"),
+                _money_sum(
+                    pl.col("balance").filter(holding & (pl.col("idle_days") >= dormant_days))
+                ).alias("breakage"),
+                pl.col("gap", "part_way").sum(),
+            )
+            .rename({"home_store_id": "store_id", "home_store_name": "store_name"})
         )
-        .rename({"home_store_id": "store_id", "home_store_name": "store_name"})
-        .collect(engine=ENGINE)
-    )
-    per_store = _warn_partial(per_store)
+        return [per_store]
+
+    (in_parts,), _ = _collect_parts(lf, parts, per_part, [])
+    per_store = _warn_partial(_add_parts(in_parts, ["store_id", "store_name", "idle"]))
     buckets = pl.DataFrame(
         {"idle": [name for _, _, name in BREAKAGE_BUCKETS]}, schema={"idle": _BUCKET}
     )
@@ -965,8 +1098,9 @@ def cross_store(
 # ------------------------------------------------------------------- anomalies
 
 
-# The most transactions the sequence rules of ``anomalies`` sort at once.
-_SEQUENCE_PART_ROWS = 10_000_000
+# The most transactions ``anomalies`` reads at once (a part of the cards): its sequence rules
+# sort them, its sale-then-elsewhere rule matches their sales.
+_SEQUENCE_PART_ROWS = 5_000_000
 
 
 def _flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
@@ -1057,29 +1191,35 @@ def anomalies(
     # The rules that follow a card's sequence read it sorted by card and the server's order,
     # sorted here once (else the plan sorts each rule's rows again), and in parts of cards
     # (each card wholly in one part: exact) so that a history past memory is never sorted
-    # whole.
+    # whole; the sale-then-elsewhere rule, which matches each card's sales, in the same parts.
+    # The parts are written once to temporary Parquet files (one read of the history, not
+    # one per part).
     rows = full.select(pl.len()).collect(engine=ENGINE).item()
     parts = max(1, -(-rows // _SEQUENCE_PART_ROWS))
-    in_sequence = [
-        rules.flags(narrow.filter(pl.col("card").hash() % parts == part) if parts > 1 else narrow)
-        for part in range(parts)
-    ]
-
     unordered = full.select("row", _CARD, "type", "at", "store_id")
-    sales = unordered.filter(_of_type("sale")).select(
-        "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
-    )
-    cross = (unordered.filter(_of_type("redeem")).join(sales, on="card", how="inner")).filter(
-        (pl.col("store_id") != pl.col("sale_store"))
-        & (pl.col("at") >= pl.col("sold_at"))
-        & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
-    )
-    flags = pl.concat(
-        [
-            _flag(cross, "redeemed at another store soon after sale"),
-            *(part.lazy() for part in in_sequence),
-        ]
-    )
+
+    def cross(part: pl.LazyFrame) -> pl.LazyFrame:
+        sales = part.filter(_of_type("sale")).select(
+            "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
+        )
+        found = (part.filter(_of_type("redeem")).join(sales, on="card", how="inner")).filter(
+            (pl.col("store_id") != pl.col("sale_store"))
+            & (pl.col("at") >= pl.col("sold_at"))
+            & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
+        )
+        return _flag(found, "redeemed at another store soon after sale")
+
+    if parts == 1:
+        found = [cross(unordered), rules.flags(narrow).lazy()]
+    else:
+        found = []
+        both = full.select("row", _CARD, "type", "at", "position", "amount", "store_id")
+        with tempfile.TemporaryDirectory(prefix="giftcard-anomalies-") as folder:
+            for part in _in_parts(both, parts, folder):
+                found.append(rules.flags(part.select(narrow.collect_schema().names())).lazy())
+                cross_flags = cross(part.select(unordered.collect_schema().names()))
+                found.append(cross_flags.collect(engine=ENGINE).lazy())
+    flags = pl.concat(found)
     return (
         _within(flags.join(full, on="row", how="inner"), chosen, window)
         .select(*columns, "reason")
