@@ -342,3 +342,135 @@ def test_amounts_beyond_float_precision_are_read_exactly():
     got_batches, got_txs = frames.from_json(_dumps(envelope))
     assert got_txs["amount"].to_list() == [Decimal("1234567890123456.78")]
     assert got_batches["net"].to_list() == [Decimal("1234567890123456.78")]
+
+
+# ------------------------------------------- the flat read of the server's own layout
+
+
+def _read_both_ways(monkeypatch, answers):
+    """What ``from_json`` makes of ``answers`` (frames, or the error it raises): as it
+    reads them, and with the flat read of the server's layout turned off."""
+
+    def outcome():
+        try:
+            return frames.from_json(answers)
+        except Exception as error:  # the same error both ways is the same outcome
+            return type(error), str(error)
+
+    flat = outcome()
+    with monkeypatch.context() as patch:
+        patch.setattr(frames, "_read_flat", lambda raw: None)
+        whole = outcome()
+    return flat, whole
+
+
+def _same(flat, whole):
+    if isinstance(whole[0], type):
+        return flat == whole
+    return all(got.equals(expected) for got, expected in zip(flat, whole, strict=True))
+
+
+def test_the_servers_layout_is_read_flat(demo, monkeypatch):
+    _, batches, txs, raw = demo
+
+    def nested(_raw):
+        raise AssertionError("the server's own layout was read whole, not flat")
+
+    monkeypatch.setattr(frames, "_read_nested", nested)
+    got_batches, got_txs = frames.from_json(raw)
+    key = ["store_id", "batch_id"]
+    assert got_batches.sort(key).equals(batches.sort(key))
+    assert got_txs.sort("host_ref").equals(txs.sort("host_ref"))
+
+
+def _keys_reordered(envelope):
+    envelope["batches"][2]["transactions"][1] = dict(
+        reversed(envelope["batches"][2]["transactions"][1].items())
+    )
+
+
+def _nested_objects_in_a_transaction(envelope):
+    transactions = envelope["batches"][1]["transactions"]
+    transactions[0]["extra"] = [{"hostRef": "x"}, {"hostRef": "y", "batchid": "z"}]
+
+
+def _transactions_not_last(envelope):
+    envelope["batches"][0]["note"] = "after"
+
+
+def _no_transactions(envelope):
+    envelope["batches"][1]["transactions"] = []
+
+
+def _glue_inside_strings(envelope):
+    transaction = envelope["batches"][0]["transactions"][0]
+    transaction["username"] = '},{"hostRef":"1"}]},{"batchid":"2","transactions":['
+    envelope["storename"] = ',"batches":['
+
+
+def _a_second_transactions_key(envelope):
+    batch = envelope["batches"][0]
+    envelope["batches"][0] = {"transactions": [], **batch}
+
+
+def _a_null_batchid(envelope):
+    envelope["batches"][3]["batchid"] = None
+
+
+def _a_null_statuscode(envelope):
+    envelope["statuscode"] = None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _keys_reordered,
+        _nested_objects_in_a_transaction,
+        _transactions_not_last,
+        _no_transactions,
+        _glue_inside_strings,
+        _a_second_transactions_key,
+        _a_null_batchid,
+        _a_null_statuscode,
+    ],
+)
+def test_answers_near_the_servers_layout_read_as_when_read_whole(demo, monkeypatch, change):
+    _, _, _, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+    envelope["batches"] = envelope["batches"][:6]
+    change(envelope)
+    failed = {"statuscode": "000001", "description": "No store", "batches": []}
+    answers = [_dumps(envelope), raw[1], _dumps(failed)]
+
+    flat, whole = _read_both_ways(monkeypatch, answers)
+    assert _same(flat, whole)
+
+
+@pytest.mark.parametrize("spacing", ["indent", "spaces"])
+def test_answers_with_white_space_read_as_when_read_whole(demo, monkeypatch, spacing):
+    _, _, _, raw = demo
+    envelope = json.loads(raw[0], parse_float=Decimal)
+    envelope["batches"] = envelope["batches"][:4]
+    import simplejson
+
+    if spacing == "indent":
+        text = simplejson.dumps(envelope, use_decimal=True, indent=1)
+    else:
+        text = simplejson.dumps(envelope, use_decimal=True)  # ", " and ": "
+    flat, whole = _read_both_ways(monkeypatch, [text, raw[1]])
+    assert not isinstance(whole[0], type) and _same(flat, whole)
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda text: text.replace(b'"type":"sale"', b'"type":sale', 1),
+        lambda text: text.replace(b'"transactions":[{', b'"transactions":[{{', 1),
+        lambda text: b'{,"batches":[]}',
+        lambda text: b' {,"batches":' + text[text.index(b"[") :],
+    ],
+)
+def test_invalid_json_in_the_servers_layout_is_refused_as_before(demo, monkeypatch, broken):
+    _, _, _, raw = demo
+    flat, whole = _read_both_ways(monkeypatch, [broken(raw[0])])
+    assert flat == whole and issubclass(whole[0], pl.exceptions.ComputeError)

@@ -15,8 +15,9 @@ Ways in:
   and awaited), with a progress bar across stores and pages;
 * ``batches_frame(batches)`` / ``transactions_frame(batches)``: from ``models.Batch``;
 * ``from_json(envelopes)``: straight from ``GET /Batch`` answers as the server sends them,
-  parsed by polars itself (fast: millions of rows a second) when they are in the
-  contract's field names throughout, else by the tolerant ``models``;
+  parsed by polars itself (about half a million transactions a second here; the server's
+  own layout is cut into one line an object first) when they are in the contract's field
+  names throughout, else by the tolerant ``models``;
 * ``read(path)``: a Parquet or CSV file written by ``write``;
 * ``sync(client, path)`` / ``scan(path)`` / ``load(path)``: a local, incremental Parquet
   dataset of the whole history (``giftcard_toolkit.analysis.dataset``, re-exported here).
@@ -34,6 +35,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -311,12 +313,14 @@ def _read_tolerant(raw: Sequence[bytes]) -> tuple[pl.DataFrame, pl.DataFrame]:
 def _read_contract(raw: Sequence[bytes]) -> tuple[pl.DataFrame, pl.DataFrame] | None:
     """The frames of ``raw`` read by polars in the contract's field names, or None when
     anything in them was not read whole (another spelling, an inexact amount)."""
-    lines = b"\n".join(r.replace(b"\n", b" ") for r in raw)
-    envelope = pl.read_ndjson(io.BytesIO(lines), schema=_JSON_ENVELOPE)
+    flat = _read_flat(raw)  # the server's own layout: one flat read a level
+    if flat is None:
+        flat = _read_nested(raw)  # any other layout: the envelopes read whole
+    envelope, batches, txs = flat
     try:
-        collected = pl.collect_all(_json_frames(envelope, named_format=True))
+        collected = pl.collect_all(_json_frames(batches, txs, named_format=True))
     except pl.exceptions.PolarsError:  # a time in another ISO 8601 layout: infer it
-        collected = pl.collect_all(_json_frames(envelope, named_format=False))
+        collected = pl.collect_all(_json_frames(batches, txs, named_format=False))
     batch_frame, tx_frame = collected
     if not _read_whole(raw, envelope, batch_frame, tx_frame):
         return None
@@ -342,7 +346,7 @@ def _read_whole(
     no_status, no_store, batches_sent = envelope.select(
         pl.col("statuscode").null_count(),
         pl.col("franchiseeid").filter(ok).null_count(),
-        pl.col("batches").list.len().filter(ok).sum(),
+        pl.col("_batches").filter(ok).sum(),
     ).row(0)
     if no_status or no_store or batches_sent != batch_frame.height:
         return False
@@ -356,7 +360,7 @@ def _read_whole(
         return False
     # Optional fields that came out null: the answers holding such a row, by their index.
     suspects: list[tuple[str, set[int]]] = []
-    for column, key in ("storename", "storename"), ("batches", "batches"):
+    for column, key in ("storename", "storename"), ("_batches", "batches"):
         rows = envelope.select(pl.arg_where(ok & pl.col(column).is_null()))
         if rows.height:
             suspects.append((key, set(rows.to_series().to_list())))
@@ -375,8 +379,21 @@ def _read_whole(
     return not any(_OTHER_SPELLING[key].search(raw[i]) for key, rows in suspects for i in rows)
 
 
-def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFrame]:
-    """The batch and transaction frames (lazy) of envelopes read with ``_JSON_ENVELOPE``."""
+# ``_read_nested`` and ``_read_flat`` give the same three frames, in the answers' order:
+# the envelopes (their own fields and ``_batches``, how many batches each listed: null for
+# none listed), and (lazy) the batches of the successful ones with ``store_id``,
+# ``store_name`` and ``_transactions`` (how many transactions each listed), and their
+# transactions with ``store_id``, ``store_name``, ``batch_id`` and ``_position`` (the place
+# in its batch's list, counted before anything is dropped). A batch read without its
+# ``batchid``, a transaction without its ``hostRef``, is dropped (and then missed by the
+# counts in ``_read_whole``).
+_Flat = tuple[pl.DataFrame, pl.LazyFrame, pl.LazyFrame]
+
+
+def _read_nested(raw: Sequence[bytes]) -> _Flat:
+    """The envelopes read whole with ``_JSON_ENVELOPE``, their lists exploded."""
+    lines = b"\n".join(r.replace(b"\n", b" ") for r in raw)
+    envelope = pl.read_ndjson(io.BytesIO(lines), schema=_JSON_ENVELOPE)
     batches = (
         envelope.lazy()
         .filter(pl.col("statuscode") == "000000")
@@ -389,6 +406,202 @@ def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFram
         .unnest("batches")
         .filter(pl.col("batchid").is_not_null())
     )
+    txs = (
+        batches.select(
+            "store_id", "store_name", pl.col("batchid").alias("batch_id"), "transactions"
+        )
+        .with_columns(pl.col("transactions").list.eval(pl.int_range(pl.len())).alias("_position"))
+        .explode("transactions", "_position")
+        .unnest("transactions")
+        .filter(pl.col("hostRef").is_not_null())
+    )
+    batches = batches.with_columns(pl.col("transactions").list.len().alias("_transactions"))
+    envelope = envelope.with_columns(pl.col("batches").list.len().alias("_batches"))
+    return envelope.drop("batches"), batches.drop("transactions"), txs
+
+
+# The server's own layout, which ``_read_flat`` cuts into one line an object: every batch
+# starts ``{"batchid":`` and lists its transactions last, every transaction starts
+# ``{"hostRef":``, an envelope lists its batches last; no white space between.
+_ENVELOPE_FIELDS = {k: v for k, v in _JSON_ENVELOPE.items() if k != "batches"}
+_BATCH_FIELDS = {f.name: f.dtype for f in _JSON_BATCH.fields if f.name != "transactions"}
+_TRANSACTION_FIELDS = {f.name: f.dtype for f in _JSON_TRANSACTION.fields}
+_BATCHES_KEY, _TRANSACTIONS_KEY = b'"batches"', b'"transactions"'
+_BATCHES_OPEN, _BATCHES_NONE = b',"batches":[', b',"batches":[]}'
+_TRANSACTIONS_OPEN, _TRANSACTIONS_NONE = b',"transactions":[', b',"transactions":[]}'
+_WORD = np.dtype("<u8")  # the 8 bytes after an object's ``{``, as one number
+_TRANSACTION_WORD = np.frombuffer(b'"hostRef', _WORD)[0]
+_BATCH_WORD = np.frombuffer(b'"batchid', _WORD)[0]
+_SCAN = 1 << 22  # bytes looked at a time for ``{``: the mask stays in cache
+
+
+def _object_starts(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``{"hostRef":`` and ``{"batchid":`` begin in ``text`` (the candidates: each
+    is believed only once the lines it cuts are read whole)."""
+    if len(text) < 16:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    mask = np.empty(min(_SCAN, len(text)), bool)
+    parts = []
+    for at in range(0, len(text), _SCAN):
+        window = text[at : at + _SCAN]
+        found = mask[: len(window)]
+        np.equal(window, ord("{"), out=found)
+        parts.append(np.flatnonzero(found) + at)
+    opens = np.concatenate(parts)
+    opens = opens[opens + 11 <= len(text)]  # room for the key after it
+    words = np.lib.stride_tricks.as_strided(text, shape=(len(text) - 7, 8), strides=(1, 1))
+    word = words[opens + 1].view(_WORD)[:, 0]
+    colon = (text[opens + 9] == ord('"')) & (text[opens + 10] == ord(":"))
+    return opens[colon & (word == _TRANSACTION_WORD)], opens[colon & (word == _BATCH_WORD)]
+
+
+def _read_flat(raw: Sequence[bytes]) -> _Flat | None:
+    """The three frames of answers in the server's own layout, each object read by polars
+    on a line of its own (no nested lists to build: several times faster); None for any
+    other layout, or anything polars cannot read so (then read whole, as it always was).
+
+    The cuts are made where the layout says an object starts, and then proved: the glue
+    between the pieces is exactly the layout's (``,"transactions":[``, ``},``, ``]},``,
+    ``]}``), and every piece (an envelope without its batches, a batch without its
+    transactions, a transaction) is read by polars as one whole JSON object on its line.
+    Pieces that are whole objects joined by that glue are a JSON text of that one shape,
+    so each value is read just as in the envelope read whole.
+    """
+    if any(r.find(b"\n") != -1 for r in raw):
+        return None
+    # The transactions, one a line, are cut in a copy of the answers: the comma between
+    # two becomes a line break, everything around them (the envelopes' and batches' own
+    # fields and brackets) white space.
+    buffer = io.BytesIO()
+    offsets = []
+    for r in raw:
+        offsets.append(buffer.tell())
+        buffer.write(r)
+        buffer.write(b"\n")
+    view = buffer.getbuffer()
+    try:
+        cut = _cut(raw, offsets, np.frombuffer(view, np.uint8))
+    finally:
+        view.release()
+    if cut is None:
+        return None
+    envelope_lines, batch_lines, batches_listed, transactions_listed = cut
+    buffer.seek(0)
+    try:
+        envelope = pl.read_ndjson(b"\n".join(envelope_lines), schema=_ENVELOPE_FIELDS)
+        batches = pl.read_ndjson(b"\n".join(batch_lines), schema=_BATCH_FIELDS)
+        txs = pl.read_ndjson(buffer, schema=_TRANSACTION_FIELDS)
+    except pl.exceptions.PolarsError:
+        return None
+    if (envelope.height, batches.height, txs.height) != (
+        len(raw),
+        len(batch_lines),
+        int(transactions_listed.sum()),
+    ):
+        return None
+    # Each batch's envelope, each transaction's batch and place in it: by the counts.
+    in_envelope = np.repeat(np.arange(len(raw), dtype=np.uint32), batches_listed)
+    in_batch = np.repeat(np.arange(len(batch_lines), dtype=np.uint32), transactions_listed)
+    first = np.cumsum(transactions_listed) - transactions_listed
+    position = np.arange(len(in_batch), dtype=np.int64) - np.repeat(first, transactions_listed)
+    ok = (envelope["statuscode"] == "000000").fill_null(False).to_numpy()
+    kept = ok[in_envelope] & batches["batchid"].is_not_null().to_numpy()
+    stores = envelope.select(
+        pl.col("franchiseeid").str.to_lowercase().alias("store_id"),
+        pl.col("storename").alias("store_name"),
+    )[in_envelope]
+    batches = pl.concat([stores, batches], how="horizontal").with_columns(
+        pl.Series("_transactions", transactions_listed, dtype=pl.UInt32)
+    )
+    keys = batches.select("store_id", "store_name", pl.col("batchid").alias("batch_id"))
+    txs = pl.concat([keys[in_batch], pl.DataFrame({"_position": position}), txs], how="horizontal")
+    envelope = envelope.with_columns(pl.Series("_batches", batches_listed, dtype=pl.UInt32))
+    tx_kept = kept[in_batch] & txs["hostRef"].is_not_null().to_numpy()
+    # Usually nothing is dropped: then no filter copies the rows.
+    return (
+        envelope,
+        batches.lazy() if kept.all() else batches.lazy().filter(pl.Series(kept)),
+        txs.lazy() if tx_kept.all() else txs.lazy().filter(pl.Series(tx_kept)),
+    )
+
+
+def _cut(
+    raw: Sequence[bytes], offsets: Sequence[int], text: np.ndarray
+) -> tuple[list[bytes], list[bytes], np.ndarray, np.ndarray] | None:
+    """``_read_flat``'s cuts, made in ``text`` (the answers, each followed by a line break,
+    starting at ``offsets``): the envelope and batch lines, how many batches each envelope
+    lists and how many transactions each batch; None where the glue is not the layout's."""
+    tx_starts, batch_starts = _object_starts(text)
+    # A batch ends before the comma that precedes the next one, the last of an envelope
+    # before the envelope's closing ``]}``.
+    batch_ends = np.empty(len(batch_starts), np.int64)
+    batches_listed = np.empty(len(raw), np.int64)
+    envelope_lines = []
+    for e, (r, at) in enumerate(zip(raw, offsets, strict=True)):
+        lo, hi = np.searchsorted(batch_starts, [at, at + len(r)])
+        batches_listed[e] = hi - lo
+        if lo == hi:
+            if not r.endswith(_BATCHES_NONE):
+                return None
+            envelope_lines.append(r[: -len(_BATCHES_NONE)] + b"}")
+        else:
+            head = r[: batch_starts[lo] - at]
+            if not (head.endswith(_BATCHES_OPEN) and r.endswith(b"]}")):
+                return None
+            envelope_lines.append(head[: -len(_BATCHES_OPEN)] + b"}")
+            batch_ends[lo : hi - 1] = batch_starts[lo + 1 : hi] - 1
+            batch_ends[hi - 1] = at + len(r) - 2
+        # A second "batches" (read whole instead), or none but them (not JSON: ``{,``).
+        if _BATCHES_KEY in envelope_lines[-1] or envelope_lines[-1].strip() == b"{}":
+            return None
+    is_last = np.zeros(len(batch_starts), bool)
+    is_last[np.cumsum(batches_listed)[batches_listed > 0] - 1] = True
+    if not (
+        np.all(text[batch_ends[~is_last]] == ord(","))
+        and np.all(text[batch_ends - 1] == ord("}"))
+        and np.all(text[batch_ends - 2] == ord("]"))
+    ):
+        return None
+    # Each batch's transactions: the candidates between its start and its end.
+    first_tx = np.searchsorted(tx_starts, batch_starts)
+    transactions_listed = np.searchsorted(tx_starts, batch_ends) - first_tx
+    if transactions_listed.sum() != len(tx_starts):  # one outside every batch
+        return None
+    listing = transactions_listed > 0
+    run_starts = tx_starts[first_tx[listing]]  # a batch's first transaction ends its head
+    head_ends = batch_ends.copy()
+    head_ends[listing] = run_starts
+    batch_lines = []
+    for start, end, lists in zip(
+        batch_starts.tolist(), head_ends.tolist(), listing.tolist(), strict=True
+    ):
+        head = text[start:end].tobytes()
+        glue = _TRANSACTIONS_OPEN if lists else _TRANSACTIONS_NONE
+        if not head.endswith(glue) or _TRANSACTIONS_KEY in head[: -len(glue)]:
+            return None
+        batch_lines.append(head[: -len(glue)] + b"}")
+    # Within a batch, each transaction after the first follows ``},``: the comma becomes
+    # the line break.
+    later = np.ones(len(tx_starts), bool)
+    later[first_tx[listing]] = False
+    commas = tx_starts[later] - 1
+    if not (np.all(text[commas] == ord(",")) and np.all(text[commas - 1] == ord("}"))):
+        return None
+    text[commas] = ord("\n")
+    # Everything outside the batches' runs of transactions becomes white space (a line
+    # break first, to end the transaction before it).
+    run_ends = batch_ends[listing] - 2
+    for start, end in zip([0, *run_ends.tolist()], [*run_starts.tolist(), len(text)], strict=True):
+        text[start:end] = ord(" ")
+        text[start] = ord("\n")
+    return envelope_lines, batch_lines, batches_listed, transactions_listed
+
+
+def _json_frames(
+    batches: pl.LazyFrame, txs: pl.LazyFrame, named_format: bool
+) -> list[pl.LazyFrame]:
+    """The batch and transaction frames (lazy) of the flat frames of ``_read_nested`` or
+    ``_read_flat``, in the schemas' names and types (money still floats)."""
     batch_frame = batches.select(
         "store_id",
         "store_name",
@@ -401,33 +614,23 @@ def _json_frames(envelope: pl.DataFrame, named_format: bool) -> list[pl.LazyFram
         pl.col("reloadedamount").alias("reloaded"),
         pl.col("redeemedamount").alias("redeemed"),
         pl.col("netamount").alias("net"),
-        pl.col("transactions").list.len().alias("_transactions"),  # read, before any filter
+        "_transactions",  # read, before any filter
     )
-    tx_frame = (
-        batches.select(
-            "store_id", "store_name", pl.col("batchid").alias("batch_id"), "transactions"
-        )
-        # Each transaction's place in its batch's list, before anything is dropped.
-        .with_columns(pl.col("transactions").list.eval(pl.int_range(pl.len())).alias("_position"))
-        .explode("transactions", "_position")
-        .unnest("transactions")
-        .filter(pl.col("hostRef").is_not_null())
-        .select(
-            "store_id",
-            "store_name",
-            "batch_id",
-            pl.col("hostRef").alias("host_ref"),
-            pl.col("_position").alias("position"),
-            pl.col("type").str.to_lowercase().cast(TRANSACTION_TYPE),
-            pl.col("cardno").str.slice(-4).alias("card_last4"),
-            pl.col("cardref").alias("card_ref"),
-            "amount",
-            pl.col("previousbalance").alias("previous_balance"),
-            pl.col("newbalance").alias("new_balance"),
-            pl.col("posref").alias("pos_ref"),
-            _time("datetime", named_format).alias("at"),
-            "username",
-        )
+    tx_frame = txs.select(
+        "store_id",
+        "store_name",
+        "batch_id",
+        pl.col("hostRef").alias("host_ref"),
+        pl.col("_position").alias("position"),
+        pl.col("type").str.to_lowercase().cast(TRANSACTION_TYPE),
+        pl.col("cardno").str.slice(-4).alias("card_last4"),
+        pl.col("cardref").alias("card_ref"),
+        "amount",
+        pl.col("previousbalance").alias("previous_balance"),
+        pl.col("newbalance").alias("new_balance"),
+        pl.col("posref").alias("pos_ref"),
+        _time("datetime", named_format).alias("at"),
+        "username",
     )
     return [batch_frame, tx_frame]
 
