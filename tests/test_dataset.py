@@ -74,7 +74,7 @@ def test_sync_then_scan_equals_fetch(server, tmp_path):
         fetched = frames.fetch(gc, progress=False)
     assert isinstance(report, frames.SyncReport)
     assert report.new == fetched[0].height and report.refreshed == 0
-    assert report.requests == 2 * len(server.stores), "one listing and one fetch per store"
+    assert report.requests == len(server.stores), "a store holding nothing: one fetch, no listing"
     batches, txs = frames.scan(tmp_path / "ds")
     assert isinstance(txs, pl.LazyFrame)
     assert batches.collect_schema() == frames.BATCH_SCHEMA
@@ -160,18 +160,30 @@ class Failing(GiftCardClient):
         return super().batches(*args, **kwargs)
 
 
-@pytest.mark.parametrize("allowed", [0, 1, 2, 3, 5])
+# Where the failing sync stops: after ``allowed`` requests of a first sync (one fetch per
+# store), or of a top-up of a dataset synced from September on (a listing and a fetch each).
+STOPS = [("first", 0), ("first", 1), ("first", 2)] + [("top-up", n) for n in (0, 1, 2, 3, 5)]
+
+
+@pytest.mark.parametrize(("start", "allowed"), STOPS)
 @pytest.mark.parametrize("concurrency", [1, 3])
-def test_an_interrupted_sync_run_again_equals_a_clean_sync(server, tmp_path, allowed, concurrency):
+def test_an_interrupted_sync_run_again_equals_a_clean_sync(
+    server, tmp_path, start, allowed, concurrency
+):
+    from datetime import date
+
     with _client(server) as gc:
         clean = frames.fetch(gc, progress=False)
+        if start == "top-up":
+            frames.sync(gc, tmp_path, since=date(2026, 9, 1), progress=False)
     failing = Failing(server.url, server.username, server.password, allowed=allowed)
     with failing, pytest.raises(dataset.SyncError, match="injected failure") as stopped:
         frames.sync(failing, tmp_path, concurrency=concurrency, progress=False)
     # What was complete stays readable: whole stores, consistent with their batches.
     partial = stopped.value.report
     batches, txs = frames.load(tmp_path)
-    assert set(batches["store_id"]) <= {s.store_id for s in partial.stores}
+    if start == "first":
+        assert set(batches["store_id"]) <= {s.store_id for s in partial.stores}
     assert txs.height == batches["transaction_count"].sum()
     with _client(server) as gc:
         frames.sync(gc, tmp_path, concurrency=concurrency, progress=False)
@@ -179,10 +191,30 @@ def test_an_interrupted_sync_run_again_equals_a_clean_sync(server, tmp_path, all
     _on_disk_equals_manifest(tmp_path)
 
 
+def test_answers_read_raw_or_through_the_models_make_the_same_dataset(server, tmp_path):
+    """The toolkit's own client has its answers read by ``frames.from_json``; a client
+    whose ``batches`` is its own (here: the models' reading) gives the same files."""
+    from datetime import date
+
+    modelled = Failing(server.url, server.username, server.password, allowed=10**6)
+    with _client(server) as gc, modelled:
+        assert dataset._reads_raw(gc) and not dataset._reads_raw(modelled)
+        for client, path in ((gc, tmp_path / "raw"), (modelled, tmp_path / "models")):
+            first = frames.sync(client, path, since=date(2026, 9, 1), progress=False)
+            rest = frames.sync(client, path, progress=False)
+            assert first.requests == len(server.stores) and rest.requests >= len(server.stores)
+        clean = frames.fetch(gc, progress=False)
+    raw, modelled_frames = frames.load(tmp_path / "raw"), frames.load(tmp_path / "models")
+    assert all(a.equals(b) for a, b in zip(_sorted(*raw), _sorted(*modelled_frames), strict=True))
+    _same(tmp_path / "raw", clean)
+    for path in (tmp_path / "raw", tmp_path / "models"):
+        _on_disk_equals_manifest(path)
+
+
 def test_a_proxy_losing_answers_then_a_rerun_equals_a_clean_sync(server, tmp_path):
     with _client(server) as gc:
         clean = frames.fetch(gc, progress=False)
-    lossy = Recording(lose_after=4)  # verify, then some listings and fetches
+    lossy = Recording(lose_after=2)  # verify and a store's fetch, then answers are lost
     with (
         _client(server, transport=lossy, attempts=2) as gc,
         pytest.raises(dataset.SyncError, match="answers were lost") as stopped,
@@ -214,6 +246,69 @@ def test_a_stop_between_the_files_and_the_manifest_leaves_the_last_state(
         _same(tmp_path, before)  # the new files are there but not believed
         monkeypatch.setattr(dataset, "_write_manifest", real)
         frames.sync(gc, tmp_path, progress=False)
+        _same(tmp_path, frames.fetch(gc, progress=False))
+    _on_disk_equals_manifest(tmp_path)
+
+
+def test_many_pages_a_store_first_and_topped_up(server, tmp_path, monkeypatch):
+    """Stores of more batches than a page: the pages (which repeat a day) make each batch
+    once, in a first sync and in a top-up (its listing and its fetches paged too)."""
+    from datetime import date
+
+    monkeypatch.setattr(frames, "PAGE", 50)
+    with _client(server) as gc:
+        clean = frames.fetch(gc, progress=False)
+        first = frames.sync(gc, tmp_path, since=date(2026, 6, 1), progress=False)
+        rest = frames.sync(gc, tmp_path, progress=False)
+    assert first.requests > len(server.stores) and rest.requests > 2 * len(server.stores)
+    assert first.new + rest.new == clean[0].height
+    _same(tmp_path, clean)
+    _on_disk_equals_manifest(tmp_path)
+
+
+def test_every_file_and_its_folders_are_flushed_before_a_manifest_names_them(
+    server, tmp_path, monkeypatch
+):
+    """The parts of a store are flushed together, not one by one, but all of them (and the
+    folders holding their names, new folders' parents too) before the manifest names them."""
+    flushed: list[Path] = []
+    named: list[set[str]] = []
+    real_file, real_dir, real_manifest = (
+        dataset._fsync_file,
+        dataset._fsync_dir,
+        dataset._write_manifest,
+    )
+
+    def fsync_file(path):
+        real_file(path)
+        flushed.append(Path(path))
+
+    def fsync_dir(path):
+        real_dir(path)
+        flushed.append(Path(path))
+
+    def write_manifest(root, manifest):
+        done = {p.relative_to(root).as_posix() for p in flushed if p.is_relative_to(root)}
+        for relative in dataset._manifest_files(manifest):
+            assert relative in done, f"{relative} named before it was flushed"
+            # Its folder, and each folder above it (new ones' names are in those); the
+            # dataset's own folder is flushed by the manifest's own replacement.
+            for folder in Path(relative).parents[:-1]:
+                assert folder.as_posix() in done, f"{folder} named before it was flushed"
+        named.append(dataset._manifest_files(manifest))
+        real_manifest(root, manifest)
+
+    monkeypatch.setattr(dataset, "_fsync_file", fsync_file)
+    monkeypatch.setattr(dataset, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(dataset, "_write_manifest", write_manifest)
+    with _client(server) as gc:
+        report = frames.sync(gc, tmp_path, progress=False)
+        assert named and len(named[-1]) == report.files_written
+        store = server.stores[0]  # a card no other test sells (they take the first)
+        card = [c for c in server.card_stock if not c.sold and c.store_id == store.id][-1]
+        gc.sell(card, "30.00", store)
+        topped = frames.sync(gc, tmp_path, progress=False)
+        assert topped.refreshed == 1 and topped.files_written >= 2
         _same(tmp_path, frames.fetch(gc, progress=False))
     _on_disk_equals_manifest(tmp_path)
 

@@ -11,11 +11,15 @@
   already is never fetched again; new batches, and stored open ones whose listing changed
   (more transactions, or closed since), are fetched with their transactions and replace what
   was stored of them. Nothing new: one listing request per store, and no file written.
+  A store the dataset holds nothing of is not listed first: its batches are fetched with
+  their transactions at once (the requests of ``frames.fetch``). The toolkit's own clients'
+  answers are read straight into frames by ``frames.from_json``.
 * **Concurrent.** Stores are synced ``concurrency`` at a time (threads for
   ``GiftCardClient``; tasks for ``AsyncGiftCardClient``, then ``await frames.sync(...)``).
-* **Crash-safe.** A store's new files are written under a temporary name, flushed and
-  renamed to a name of this sync's generation; only then does the manifest (itself replaced
-  atomically) point at them, store by store, and the files they replace are removed. Readers
+* **Crash-safe.** A store's new files are written under a temporary name and renamed to a
+  name of this sync's generation, then flushed together with their folders (concurrently);
+  only then does the manifest (itself replaced atomically) point at them, store by store,
+  and the files they replace are removed. Readers
   (``scan``) read only the manifest's files, so a sync stopped anywhere (an exception, Ctrl-C,
   lost answers, a full disk) leaves the last complete state readable, and the next sync
   removes what the stopped one left and completes it, with no duplicate rows.
@@ -46,7 +50,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import inspect
+import io
 import json
 import os
 import threading
@@ -59,6 +65,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -326,6 +333,25 @@ _LISTED = ("status", "closed_at", "transaction_count", "sold", "reloaded", "rede
 
 
 @dataclass
+class _Page:
+    """One ``GET /Batch`` answer as frames: its batches (``frames.BATCH_SCHEMA``) and, when
+    asked with their transactions, those (``frames.TRANSACTION_SCHEMA``)."""
+
+    batches: pl.DataFrame
+    transactions: pl.DataFrame
+
+    @classmethod
+    def of(cls, batches: list[models.Batch], transactions: bool) -> _Page:
+        return cls(
+            frames.batches_frame(batches),
+            frames.transactions_frame(batches) if transactions else _NO_TRANSACTIONS,
+        )
+
+
+_NO_TRANSACTIONS = pl.DataFrame(schema=frames.TRANSACTION_SCHEMA)
+
+
+@dataclass
 class _Plan:
     """One store's sync as decided and fetched; written by ``_write_store``."""
 
@@ -335,7 +361,7 @@ class _Plan:
     refreshed: list[str] = field(default_factory=list)
     skipped: int = 0
     requests: int = 0
-    fetched: list[models.Batch] = field(default_factory=list)
+    fetched: _Page | None = None
     list_since: str | None = None
 
 
@@ -344,9 +370,10 @@ Ask = dict[str, Any]
 
 def _pages(
     store: str, since: date | None, until: date | None, transactions: bool, plan: _Plan
-) -> Generator[Ask, list[models.Batch], dict[str, models.Batch]]:
+) -> Generator[Ask, _Page, _Page]:
     """Every batch opened from ``since`` to ``until``, paging by date as ``frames.fetch``."""
-    found: dict[str, models.Batch] = {}
+    found: set[str] = set()
+    got: list[_Page] = []
     until_page = until
     while True:
         plan.requests += 1
@@ -358,15 +385,23 @@ def _pages(
             "limit": frames.PAGE,
             "transactions": transactions,
         }
-        fresh = [b for b in page if b.id not in found]
-        found.update((b.id, b) for b in fresh)
-        if len(page) < frames.PAGE or not fresh:
-            return found
-        until_page = min(b.opened_at for b in page if b.opened_at is not None).date()
-
-
-def _day(moment: datetime | None) -> date | None:
-    return None if moment is None else moment.date()
+        ids = page.batches["batch_id"]
+        oldest = page.batches["opened_at"].min()  # the next page ends on that day
+        fresh = ids.filter(~ids.is_in(list(found))) if found else ids
+        if fresh.len() < ids.len():  # the day this page shares with the last one
+            keep = fresh.to_list()
+            page = _Page(
+                page.batches.filter(pl.col("batch_id").is_in(keep)),
+                page.transactions.filter(pl.col("batch_id").is_in(keep)),
+            )
+        found.update(fresh.to_list())
+        got.append(page)
+        if ids.len() < frames.PAGE or fresh.is_empty() or not isinstance(oldest, datetime):
+            return _Page(
+                pl.concat([g.batches for g in got]),
+                pl.concat([g.transactions for g in got]) if transactions else _NO_TRANSACTIONS,
+            )
+        until_page = oldest.date()
 
 
 def _runs(days: Sequence[date]) -> list[tuple[date, date]]:
@@ -382,51 +417,63 @@ def _runs(days: Sequence[date]) -> list[tuple[date, date]]:
 
 def _store_flow(
     store: str, held: pl.DataFrame, entry: dict[str, Any] | None, since: date | None
-) -> Generator[Ask, list[models.Batch], _Plan]:
+) -> Generator[Ask, _Page, _Plan]:
     """Decide and fetch one store's sync, for either client: yields ``batches()`` arguments,
-    receives their answers. ``held`` is what the dataset holds of the store."""
+    receives their answers (as frames). ``held`` is what the dataset holds of the store."""
     plan = _Plan(store_id=store, store_name=(entry or {}).get("store_name", ""))
-    stored = {row["batch_id"]: row for row in held.iter_rows(named=True)}
     # What the stored listing covers: every batch (None), or those opened from a day on.
     prior = entry.get("listed_since") if entry else None
     wanted = None if since is None else since.isoformat()
     covered = entry is not None and (prior is None or (wanted is not None and wanted >= prior))
     list_from = since
-    opened = [r["opened_at"] for r in stored.values() if r["opened_at"] is not None]
-    if covered and opened:
-        # Only batches opened on or after the latest stored one can be new or changed
-        # (from a day earlier: the server counts days in its own time zone).
-        floor = max(opened).date() - timedelta(days=1)
-        list_from = floor if since is None else max(since, floor)
     if entry is None:
         plan.list_since = wanted
     else:
         plan.list_since = None if prior is None or wanted is None else min(wanted, prior)
+    latest = held["opened_at"].max()
+    if covered and isinstance(latest, datetime):
+        # Only batches opened on or after the latest stored one can be new or changed
+        # (from a day earlier: the server counts days in its own time zone).
+        floor = latest.date() - timedelta(days=1)
+        list_from = floor if since is None else max(since, floor)
+    if held.is_empty():
+        # Nothing stored: every batch is new, so no listing first, just one fetch of them
+        # all with their transactions (the requests of ``frames.fetch``).
+        got = yield from _pages(store, list_from, None, True, plan)
+        plan.new = sorted(got.batches["batch_id"].to_list())
+        plan.store_name = _store_name(got.batches, plan.store_name)
+        _check_opened(store, got.batches)
+        if not got.batches.is_empty():
+            plan.fetched = got
+        return plan
     listing = yield from _pages(store, list_from, None, False, plan)
-    needed: dict[str, models.Batch] = {}
-    for batch in listing.values():
-        plan.store_name = batch.store_name or plan.store_name
-        old = stored.get(batch.id)
+    plan.store_name = _store_name(listing.batches, plan.store_name)
+    stored = {row["batch_id"]: row for row in held.iter_rows(named=True)}
+    needed: dict[str, datetime | None] = {}
+    for row in listing.batches.iter_rows(named=True):
+        old = stored.get(row["batch_id"])
         if old is None:
-            plan.new.append(batch.id)
-            needed[batch.id] = batch
-        elif old["status"] == "closed" or all(
-            old[name] == value for name, value in zip(_LISTED, _listed(batch), strict=True)
-        ):
+            plan.new.append(row["batch_id"])
+        elif old["status"] == "closed" or all(old[name] == row[name] for name in _LISTED):
             continue
         else:
-            plan.refreshed.append(batch.id)
-            needed[batch.id] = batch
+            plan.refreshed.append(row["batch_id"])
+        needed[row["batch_id"]] = row["opened_at"]
     plan.skipped = len(stored) - len(plan.refreshed)
-    days = [_day(b.opened_at) for b in needed.values()]
-    if any(d is None for d in days):
-        raise DatasetError(f"store {store}: a batch without an opening time cannot be synced")
-    for first, last in _runs([d for d in days if d is not None]):
+    _check_opened(store, listing.batches.filter(pl.col("batch_id").is_in(list(needed))))
+    fetched: list[_Page] = []
+    days = [moment.date() for moment in needed.values() if moment is not None]
+    for first, last in _runs(days):
         got = yield from _pages(
             store, first - timedelta(days=1), last + timedelta(days=1), True, plan
         )
-        plan.fetched.extend(b for b in got.values() if b.id in needed)
-    missing = set(needed) - {b.id for b in plan.fetched}
+        keep = pl.col("batch_id").is_in(list(needed))
+        fetched.append(_Page(got.batches.filter(keep), got.transactions.filter(keep)))
+    if fetched:
+        plan.fetched = _Page(
+            pl.concat([f.batches for f in fetched]), pl.concat([f.transactions for f in fetched])
+        )
+    missing = set(needed) - set(plan.fetched.batches["batch_id"] if plan.fetched else ())
     if missing:
         raise DatasetError(
             f"store {store}: {len(missing)} batches listed were not found when fetched "
@@ -437,9 +484,78 @@ def _store_flow(
     return plan
 
 
-def _listed(batch: models.Batch) -> tuple[Any, ...]:
-    row = frames.batches_frame([batch]).row(0, named=True)
-    return tuple(row[name] for name in _LISTED)
+def _store_name(batches: pl.DataFrame, default: str) -> str:
+    """The last name the server gave the store in ``batches`` (as the batches were listed)."""
+    names = batches["store_name"].filter(batches["store_name"].fill_null("") != "")
+    return str(names[-1]) if names.len() else default
+
+
+def _check_opened(store: str, batches: pl.DataFrame) -> None:
+    if batches["opened_at"].null_count():
+        raise DatasetError(f"store {store}: a batch without an opening time cannot be synced")
+
+
+# ------------------------------------------------------------------ reading answers
+
+
+def _reads_raw(client: Any) -> bool:
+    """Whether ``client`` is the toolkit's own client, its ``batches`` not replaced: then
+    its answers with transactions are read as they came, by ``frames.from_json`` (polars,
+    not the models; listings, small, are read by the models, faster at that size)."""
+    from giftcard_toolkit.client import AsyncGiftCardClient, GiftCardClient
+
+    for kind in (GiftCardClient, AsyncGiftCardClient):
+        if isinstance(client, kind):
+            return getattr(type(client), "batches", None) is kind.batches
+    return False
+
+
+def _page_call(client: Any, ask: Ask) -> _protocol.Call[_Page]:
+    """The ``batches()`` request of ``ask``, its answer read straight into frames."""
+    call = _protocol.batches(
+        client._settings,
+        _protocol.store_id(ask["store"]),
+        status=ask["status"],
+        since=ask["since"],
+        until=ask["until"],
+        limit=ask["limit"],
+        transactions=ask["transactions"],
+    )
+    transactions = bool(ask["transactions"])
+    checked = call.parse  # the client's own reading: errors, declines, any spelling
+
+    def parse(response: httpx.Response) -> _Page:
+        if response.status_code == 200 and _approved(response.content):
+            batches, txs = frames.from_json(response.content)
+            return _Page(batches, txs if transactions else _NO_TRANSACTIONS)
+        return _Page.of(checked(response), transactions)
+
+    return _protocol.Call(call.request, parse, retryable=call.retryable)
+
+
+_STATUS = pl.Schema({"statuscode": pl.String})
+
+
+def _approved(raw: bytes) -> bool:
+    """Whether the envelope says, in the contract's spelling, that it was approved (else
+    the client's own reading takes it: a decline raises its error)."""
+    try:
+        code = pl.read_ndjson(io.BytesIO(raw.replace(b"\n", b" ")), schema=_STATUS)
+    except pl.exceptions.PolarsError:
+        return False
+    return code.height == 1 and code["statuscode"][0] in _protocol.APPROVED
+
+
+def _ask(client: Any, raw: bool, ask: Ask) -> _Page:
+    if raw and ask["transactions"]:
+        return client._send(_page_call(client, ask))  # type: ignore[no-any-return]
+    return _Page.of(client.batches(**ask), bool(ask["transactions"]))
+
+
+async def _ask_async(client: Any, raw: bool, ask: Ask) -> _Page:
+    if raw and ask["transactions"]:
+        return await client._send(_page_call(client, ask))  # type: ignore[no-any-return]
+    return _Page.of(await client.batches(**ask), bool(ask["transactions"]))
 
 
 # ------------------------------------------------------------------ writing
@@ -456,16 +572,87 @@ def _read_part(root: Path, relative: str, schema: pl.Schema, store: str) -> pl.D
 
 
 def _write_part(df: pl.DataFrame, final: Path) -> None:
-    _replace_atomically(
-        final,
-        lambda p: df.drop("store_id").write_parquet(p, compression="zstd", statistics=True),
-    )
+    """Write one part file durably (temporary name, flushed, renamed, folder flushed)."""
+    _replace_atomically(final, lambda p: _write_parquet(df, p))
+
+
+def _write_parquet(df: pl.DataFrame, path: Path) -> None:
+    df.drop("store_id").write_parquet(path, compression="zstd", statistics=True)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_parts(
+    root: Path, parts: dict[str, pl.DataFrame], flusher: ThreadPoolExecutor | None = None
+) -> None:
+    """Write a store's part files (``relative path: frame``) together: each under a
+    temporary name, renamed into place, then all of them and their folders flushed at once
+    (concurrently: a flush waits on the disk, not on the interpreter), before the manifest
+    may name them. A stop before then leaves only files the manifest does not name, which
+    the next sync removes."""
+    finals = [root / relative for relative in parts]
+    folders: set[Path] = set()
+    for final in finals:
+        folder = final.parent
+        while not folder.exists():  # a new folder: its entry in its parent is flushed too
+            folders.add(folder.parent)
+            folder = folder.parent
+        final.parent.mkdir(parents=True, exist_ok=True)
+        folders.add(final.parent)
+    written: list[tuple[Path, Path]] = []
+    try:
+        for final, df in zip(finals, parts.values(), strict=True):
+            temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+            written.append((temporary, final))
+            _write_parquet(df, temporary)
+        for temporary, final in written:
+            os.replace(temporary, final)
+    except BaseException:
+        for temporary, _ in written:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        raise
+    flushes = [*(functools.partial(_fsync_file, f) for f in finals)]
+    flushes += [functools.partial(_fsync_dir, f) for f in sorted(folders)]
+    _all_at_once(flushes, flusher)
+
+
+def _all_at_once(calls: Sequence[Any], pool: ThreadPoolExecutor | None = None) -> None:
+    """Run ``calls`` (each waiting on the disk) on threads of ``pool`` (else of their own);
+    raise the first failure once all have ended."""
+    if pool is None:
+        if len(calls) <= 1:
+            for call in calls:
+                call()
+            return
+        with ThreadPoolExecutor(max_workers=min(_FLUSHERS, len(calls))) as own:
+            _all_at_once(calls, own)
+        return
+    running = [pool.submit(call) for call in calls]
+    wait(running)
+    for done in running:
+        done.result()
+
+
+_FLUSHERS = 16  # flushes in flight at once: the disk takes them together
 
 
 def _write_store(
-    root: Path, plan: _Plan, held: pl.DataFrame, entry: dict[str, Any] | None, generation: int
+    root: Path,
+    plan: _Plan,
+    held: pl.DataFrame,
+    entry: dict[str, Any] | None,
+    generation: int,
+    flusher: ThreadPoolExecutor | None = None,
 ) -> tuple[dict[str, Any], StoreSync]:
-    """Write one store's new files (temporary names, renamed); its new manifest entry."""
+    """Write one store's new files (temporary names, renamed, flushed); its new manifest
+    entry."""
     entry = dict(entry or {"batches": None, "transactions": {}})
     entry["store_name"] = plan.store_name
     entry["listed_since"] = plan.list_since
@@ -477,17 +664,14 @@ def _write_store(
         skipped=plan.skipped,
         requests=plan.requests,
     )
-    if not plan.fetched:
+    if plan.fetched is None:
         return entry, report
     part = f"part-{generation:06d}.parquet"
     replaced = set(plan.new) | set(plan.refreshed)
-    fetched_batches = frames.batches_frame(plan.fetched)
-    batches = pl.concat([held.filter(~pl.col("batch_id").is_in(replaced)), fetched_batches]).sort(
-        "opened_at", "batch_id"
-    )
-    txs = frames.transactions_frame(plan.fetched).with_columns(
-        pl.col("at").dt.strftime(_MONTH).alias("_month")
-    )
+    batches = pl.concat(
+        [held.filter(~pl.col("batch_id").is_in(replaced)), plan.fetched.batches]
+    ).sort("opened_at", "batch_id")
+    txs = plan.fetched.transactions.with_columns(pl.col("at").dt.strftime(_MONTH).alias("_month"))
     months = set(txs["_month"].unique().to_list())
     for row in held.filter(pl.col("batch_id").is_in(replaced)).iter_rows(named=True):
         for moment in (row["opened_at"], row["closed_at"]):
@@ -495,9 +679,14 @@ def _write_store(
                 months.add(moment.strftime(_MONTH))
     old_months: dict[str, str] = dict(entry["transactions"])
     new_months = dict(old_months)
-    rows = files = 0
+    by_month = {
+        str(month): frame.drop("_month")
+        for (month,), frame in txs.partition_by("_month", as_dict=True).items()
+    }
+    parts: dict[str, pl.DataFrame] = {}
+    rows = 0
     for month in sorted(months):
-        fresh = txs.filter(pl.col("_month") == month).drop("_month")
+        fresh = by_month.get(month, _NO_TRANSACTIONS)
         if month in old_months:
             kept = _read_part(root, old_months[month], frames.TRANSACTION_SCHEMA, plan.store_id)
             kept = kept.filter(~pl.col("batch_id").is_in(replaced))
@@ -506,12 +695,12 @@ def _write_store(
             new_months.pop(month, None)
             continue
         relative = f"{_store_folder('transactions', plan.store_id)}/month={month}/{part}"
-        _write_part(fresh.sort("at", "host_ref"), root / relative)
+        parts[relative] = fresh.sort("at", "host_ref")
         new_months[month] = relative
         rows += fresh.height
-        files += 1
     relative = f"{_store_folder('batches', plan.store_id)}/{part}"
-    _write_part(batches, root / relative)
+    parts[relative] = batches
+    _write_parts(root, parts, flusher)
     entry["batches"] = relative
     entry["transactions"] = dict(sorted(new_months.items()))
     report = StoreSync(
@@ -522,7 +711,7 @@ def _write_store(
         skipped=plan.skipped,
         requests=plan.requests,
         rows_written=rows,
-        files_written=files + 1,
+        files_written=len(parts),
     )
     return entry, report
 
@@ -541,19 +730,24 @@ class _Dataset:
         self.manifest = manifest
         self.generation = int(manifest.get("generation", 0)) + 1
         self.lock = threading.Lock()
+        # Shared by the stores' commits, for the flushes of their files.
+        self.flusher = ThreadPoolExecutor(max_workers=_FLUSHERS, thread_name_prefix="flush")
 
     def entry(self, store: str) -> dict[str, Any] | None:
         with self.lock:
             found = self.manifest["stores"].get(store)
             return dict(found) if found else None
 
-    def commit(self, plan: _Plan) -> StoreSync:
-        """Write one store's files, then point the manifest at them; remove the replaced."""
+    def commit(self, plan: _Plan, held: pl.DataFrame) -> StoreSync:
+        """Write one store's files, then point the manifest at them; remove the replaced.
+        ``held``: what the dataset held of the store when its sync began (only this store's
+        own commit changes its entry)."""
         entry = self.entry(plan.store_id)
-        held = _held(self.root, entry, plan.store_id)
         try:
-            new_entry, report = _write_store(self.root, plan, held, entry, self.generation)
-            if not plan.fetched and entry is not None and entry == new_entry:
+            new_entry, report = _write_store(
+                self.root, plan, held, entry, self.generation, self.flusher
+            )
+            if plan.fetched is None and entry is not None and entry == new_entry:
                 return report  # nothing new: nothing written
             with self.lock:
                 before = set(_manifest_files(self.manifest))
@@ -594,6 +788,7 @@ def sync(
     if inspect.iscoroutinefunction(client.batches):
         return _sync_async(client, root, stores, since, concurrency, progress)
     store_ids = _store_ids(stores, lambda: client.verify().stores)
+    raw = _reads_raw(client)
     _open_for_sync(root)
     with _sync_lock(root):
         manifest = _read_manifest(root)
@@ -604,17 +799,18 @@ def sync(
 
         def one(store: str) -> StoreSync:
             entry = dataset.entry(store)
-            flow = _store_flow(store, _held(root, entry, store), entry, since)
+            held = _held(root, entry, store)
+            flow = _store_flow(store, held, entry, since)
             try:
                 ask = next(flow)
                 while True:
-                    ask = flow.send(client.batches(**ask))
+                    ask = flow.send(_ask(client, raw, ask))
             except StopIteration as finished:
                 plan: _Plan = finished.value
-            return dataset.commit(plan)
+            return dataset.commit(plan, held)
 
         bar = tqdm(total=len(store_ids), desc="syncing", unit="store", disable=not progress)
-        with bar, ThreadPoolExecutor(max_workers=concurrency) as pool:
+        with bar, dataset.flusher, ThreadPoolExecutor(max_workers=concurrency) as pool:
             futures: dict[Future[StoreSync], str] = {pool.submit(one, s): s for s in store_ids}
             pending = set(futures)
             try:
@@ -724,6 +920,7 @@ async def _sync_async(
 ) -> SyncReport:
     granted = (await client.verify()).stores if stores is None else ()
     store_ids = _store_ids(stores, lambda: granted)
+    raw = _reads_raw(client)
     _open_for_sync(root)
     with _sync_lock(root):
         manifest = _read_manifest(root)
@@ -740,19 +937,20 @@ async def _sync_async(
                     return
                 try:
                     entry = dataset.entry(store)
-                    flow = _store_flow(store, _held(root, entry, store), entry, since)
+                    held = _held(root, entry, store)
+                    flow = _store_flow(store, held, entry, since)
                     try:
                         ask = next(flow)
                         while True:
-                            ask = flow.send(await client.batches(**ask))
+                            ask = flow.send(await _ask_async(client, raw, ask))
                     except StopIteration as finished:
                         plan: _Plan = finished.value
-                    done[store] = await asyncio.to_thread(dataset.commit, plan)
+                    done[store] = await asyncio.to_thread(dataset.commit, plan, held)
                 except Exception as failed:
                     failures[store] = failed
                 bar.update(1)
 
-        with bar:
+        with bar, dataset.flusher:
             await asyncio.gather(*(one(s) for s in store_ids))
     return _finish(root, store_ids, done, failures, explicit=stores is not None)
 

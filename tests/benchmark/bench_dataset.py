@@ -1,14 +1,20 @@
 """The local dataset: sync beside sequential fetch, and the analytics suite read from it.
 
     python tests/benchmark/bench_dataset.py [--stores 50] [--days 365] [--rows 10000000 ...]
-                                            [--chunk 10000000] [--no-sync]
+                                            [--chunk 10000000] [--no-sync] [--data DIR]
+                                            [--only NAME ...] [--chain-db FILE]
 
 1. Sync of a chain's history (``serve --seed chain``, a server in its own process, by
    default 50 stores and 365 days) with ``frames.sync`` (stores concurrently) beside a
-   sequential ``frames.fetch`` of the same data, then a re-sync with nothing new.
+   sequential ``frames.fetch`` of the same data, then a re-sync with nothing new
+   (``--rows`` with no number runs this part only; ``--chain-db FILE`` serves a copy of a
+   chain seeded before rather than seeding one).
 2. ``write_dataset``: a dataset of any size written directly (no server), in chunks of
    ``--chunk`` rows (each chunk its own 10 stores, so memory stays that of one chunk), then
    the whole analytics suite over ``frames.scan`` of it, in a fresh process with its peak RSS.
+   With ``--data DIR`` each dataset is kept in ``DIR/rows-N`` and reused by later runs (written
+   only when that folder holds none), rather than written anew into a temporary folder;
+   ``--only`` runs just the analyses named (e.g. ``--only liability breakage``).
 
 Each measurement of 2. runs in its own process, so its peak RSS is its own.
 """
@@ -74,8 +80,9 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
     return path
 
 
-def analytics_over_dataset(path: str) -> Clock:
-    """The suite over ``frames.scan`` of the dataset: seconds and peak RSS per analysis."""
+def analytics_over_dataset(path: str, only: list[str] | None = None) -> Clock:
+    """The suite over ``frames.scan`` of the dataset: seconds and peak RSS per analysis
+    (those named in ``only``, else all)."""
     from duckdb_analytics import toolkit_calls
 
     from giftcard_toolkit import frames
@@ -85,46 +92,87 @@ def analytics_over_dataset(path: str) -> Clock:
     as_of = txs.select(pl.col("at").max()).collect().item()
     clock.lap("read")
     for name, call in toolkit_calls(txs, batches, as_of).items():
+        if only and name not in only:
+            continue
         call()
         clock.lap(name)
     return clock
 
 
-def measure(path: str) -> dict[str, object]:
+def measure(path: str, only: list[str] | None = None) -> dict[str, object]:
     started = time.perf_counter()
-    clock = analytics_over_dataset(path)
+    clock = analytics_over_dataset(path, only)
     seconds = time.perf_counter() - started
     peak = max(clock.peaks.values())
     return {"seconds": seconds, "steps": clock.seconds, "peaks": clock.peaks, "peak_mb": peak}
 
 
-def sync_beside_fetch(tmp: Path, stores: int, days: int) -> None:
+def sync_beside_fetch(tmp: Path, stores: int, days: int, chain_db: Path | None = None) -> None:
+    """Sequential ``frames.fetch`` then ``frames.sync`` (then a re-sync) against one server
+    process, with the requests each made (counted on the wire) and the server's CPU seconds.
+    ``chain_db``: serve a copy of that chain database (seeded by ``serve --seed chain`` of
+    the same shape) rather than seeding one here."""
+    import os
+    import shutil
+
+    import httpx
+
     from giftcard_toolkit import GiftCardClient, frames
     from giftcard_toolkit.server.runner import server_process
     from giftcard_toolkit.server.seed import DEMO_USERS, chain, open_demo
 
+    class Counting(httpx.HTTPTransport):
+        requests = 0
+
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            Counting.requests += request.url.path.startswith("/Batch/")
+            return super().handle_request(request)
+
+    def server_cpu(pid: int) -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     shape = chain(stores, days)
     started = time.perf_counter()
-    ledger, _ = open_demo(tmp / "chain.sqlite", shape=shape)  # seeded here, served there
-    ledger.close()
-    print(f"seeded a chain of {shape} in {time.perf_counter() - started:.0f} s")
+    if chain_db is not None:
+        for part in chain_db.parent.glob(f"{chain_db.name}*"):
+            shutil.copy(part, tmp / part.name.replace(chain_db.name, "chain.sqlite"))
+        print(f"a copy of the chain {chain_db} ({shape})")
+    else:
+        ledger, _ = open_demo(tmp / "chain.sqlite", shape=shape)  # seeded here, served there
+        ledger.close()
+        print(f"seeded a chain of {shape} in {time.perf_counter() - started:.0f} s")
+    figures = {}
     with (
         server_process(tmp / "chain.sqlite", shape=shape) as srv,
-        GiftCardClient(srv.url, "demo", DEMO_USERS["demo"], timeout=60) as gc,
+        GiftCardClient(srv.url, "demo", DEMO_USERS["demo"], timeout=60, transport=Counting()) as gc,
     ):
-        started = time.perf_counter()
-        _, txs = frames.fetch(gc, progress=False)
-        fetch_s = time.perf_counter() - started
-        started = time.perf_counter()
-        report = frames.sync(gc, tmp / "demo", progress=False)
-        sync_s = time.perf_counter() - started
-        started = time.perf_counter()
-        again = frames.sync(gc, tmp / "demo", progress=False)
-        resync_s = time.perf_counter() - started
+        gc.verify()
+        for name, call in (
+            ("fetch", lambda: frames.fetch(gc, progress=False)),
+            ("sync", lambda: frames.sync(gc, tmp / "demo", progress=False)),
+            ("again", lambda: frames.sync(gc, tmp / "demo", progress=False)),
+        ):
+            Counting.requests = 0
+            cpu = server_cpu(srv.process.pid)
+            started = time.perf_counter()
+            result = call()
+            seconds = time.perf_counter() - started
+            figures[name] = (result, seconds, Counting.requests, server_cpu(srv.process.pid) - cpu)
+    (_, txs), fetch_s, fetch_n, fetch_cpu = figures["fetch"]
+    report, sync_s, sync_n, sync_cpu = figures["sync"]
+    again, resync_s, resync_n, _ = figures["again"]
     print(f"chain server: {stores} stores, {days} days, {txs.height:,} transactions")
-    print(f"  sequential fetch      {fetch_s:6.2f} s")
-    print(f"  sync (concurrent)     {sync_s:6.2f} s  {fetch_s / sync_s:4.1f}x fetch  {report}")
-    print(f"  re-sync, nothing new  {resync_s:6.2f} s  ({again.requests} requests)")
+    print(
+        f"  sequential fetch      {fetch_s:6.2f} s  {fetch_n} requests, "
+        f"server CPU {fetch_cpu:.2f} s"
+    )
+    print(
+        f"  sync (concurrent)     {sync_s:6.2f} s  {fetch_s / sync_s:4.1f}x fetch  {sync_n} "
+        f"requests, server CPU {sync_cpu:.2f} s  {report}"
+    )
+    print(f"  re-sync, nothing new  {resync_s:6.2f} s  ({resync_n} requests)")
+    print(f"  load average {' '.join(f'{n:.2f}' for n in os.getloadavg())}")
 
 
 def main() -> None:
@@ -134,29 +182,43 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="*", default=[10_000_000])
     parser.add_argument("--chunk", type=int, default=10_000_000)
     parser.add_argument("--no-sync", action="store_true", help="skip the sync benchmark")
+    parser.add_argument(
+        "--chain-db", type=Path, help="sync benchmark: serve a copy of this seeded chain database"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="keep the datasets in DIR/rows-N and reuse them across runs"
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="just these analyses (e.g. liability)"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.only)))
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
         if not args.no_sync:
-            sync_beside_fetch(tmp, args.stores, args.days)
+            sync_beside_fetch(tmp, args.stores, args.days, args.chain_db)
         for rows in args.rows:
             started = time.perf_counter()
-            path = write_dataset(tmp / f"rows-{rows}", rows, chunk=args.chunk)
-            made = time.perf_counter() - started
+            path = (args.data or tmp) / f"rows-{rows}"
+            if args.data is not None and (path / "manifest.json").exists():
+                made_by = "reused"
+            else:
+                write_dataset(path, rows, chunk=args.chunk)
+                made_by = f"written in {time.perf_counter() - started:.0f} s"
+            only = ["--only", *args.only] if args.only else []
             out = subprocess.run(
-                [sys.executable, str(HERE), "--measure", str(path)],
+                [sys.executable, str(HERE), "--measure", str(path), *only],
                 check=True,
                 capture_output=True,
                 text=True,
             ).stdout
             result = json.loads(out.strip().splitlines()[-1])
             print(
-                f"analytics suite over the dataset, {rows:,} transactions (written in "
-                f"{made:.0f} s): {result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
+                f"analytics suite over the dataset, {rows:,} transactions ({made_by}): "
+                f"{result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
                 " ("
                 + ", ".join(
                     f"{k} {v:.2f} s {result['peaks'][k]:,.0f} MB"
