@@ -323,8 +323,8 @@ class PostgresStorage(MetaTable):
             try:
                 with self.write(alone=attempt >= ALONE_AFTER):
                     return write()
-            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as _e:
-                log.warning("PROBE conflict attempt=%s %s", attempt, str(_e).splitlines()[0])
+            except (pg_errors.SerializationFailure, pg_errors.DeadlockDetected) as lost:
+                log.debug("a write lost a conflict (try %d): %s", attempt + 1, type(lost).__name__)
                 if attempt == RETRIES:
                     raise DatabaseUnavailable(
                         f"this write met other writes of the same rows {RETRIES + 1} times "
