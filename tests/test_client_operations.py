@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, errors, models
+from giftcard_toolkit import AsyncGiftCardClient, Card, GiftCardClient, errors, frames, models
 from giftcard_toolkit.server import running
 
 
@@ -134,6 +134,26 @@ async def test_batches_and_close(gc, server, stock):
     assert closed.status == "closed" and closed.id == current.id
     with pytest.raises(errors.NoOpenBatch):
         await do(gc.close_batch(store))
+
+
+async def test_batches_as_sent_read_by_frames_equal_the_batches_and_raise_alike(gc, server):
+    """``batches_json`` is ``batches()``'s answer as the server sent it, for
+    ``frames.from_json``: the same batches and transactions, and the same error for a
+    store the user may not see."""
+    store = server.stores[1].id
+    ask = {"status": "closed", "since": date(2026, 9, 1), "until": date(2026, 9, 7)}
+    answer = await do(gc.batches_json(store, **ask))
+    assert isinstance(answer, bytes)
+    batches, txs = frames.from_json(answer)
+    listed = await do(gc.batches(store, **ask))
+    assert len(listed) == 7 and txs.height > 0
+    assert batches.equals(frames.batches_frame(listed))
+    assert txs.equals(frames.transactions_frame(listed))
+    unknown = "00000000-0000-4000-8000-000000000000"
+    with pytest.raises(errors.GiftCardError) as from_batches:
+        await do(gc.batches(unknown))
+    with pytest.raises(type(from_batches.value)):
+        await do(gc.batches_json(unknown))
 
 
 async def test_tokens_and_encrypted_cards(gc, stock):

@@ -50,9 +50,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import inspect
-import io
 import json
 import os
 import threading
@@ -65,7 +63,6 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import polars as pl
 from tqdm.auto import tqdm
 
@@ -500,8 +497,9 @@ def _check_opened(store: str, batches: pl.DataFrame) -> None:
 
 def _reads_raw(client: Any) -> bool:
     """Whether ``client`` is the toolkit's own client, its ``batches`` not replaced: then
-    its answers with transactions are read as they came, by ``frames.from_json`` (polars,
-    not the models; listings, small, are read by the models, faster at that size)."""
+    its answers with transactions are asked for as sent (``batches_json``) and read by
+    ``frames.from_json`` (polars, not the models; listings, small, are read by the models,
+    faster at that size)."""
     from giftcard_toolkit.client import AsyncGiftCardClient, GiftCardClient
 
     for kind in (GiftCardClient, AsyncGiftCardClient):
@@ -510,51 +508,19 @@ def _reads_raw(client: Any) -> bool:
     return False
 
 
-def _page_call(client: Any, ask: Ask) -> _protocol.Call[_Page]:
-    """The ``batches()`` request of ``ask``, its answer read straight into frames."""
-    call = _protocol.batches(
-        client._settings,
-        _protocol.store_id(ask["store"]),
-        status=ask["status"],
-        since=ask["since"],
-        until=ask["until"],
-        limit=ask["limit"],
-        transactions=ask["transactions"],
-    )
-    transactions = bool(ask["transactions"])
-    checked = call.parse  # the client's own reading: errors, declines, any spelling
-
-    def parse(response: httpx.Response) -> _Page:
-        if response.status_code == 200 and _approved(response.content):
-            batches, txs = frames.from_json(response.content)
-            return _Page(batches, txs if transactions else _NO_TRANSACTIONS)
-        return _Page.of(checked(response), transactions)
-
-    return _protocol.Call(call.request, parse, retryable=call.retryable)
-
-
-_STATUS = pl.Schema({"statuscode": pl.String})
-
-
-def _approved(raw: bytes) -> bool:
-    """Whether the envelope says, in the contract's spelling, that it was approved (else
-    the client's own reading takes it: a decline raises its error)."""
-    try:
-        code = pl.read_ndjson(io.BytesIO(raw.replace(b"\n", b" ")), schema=_STATUS)
-    except pl.exceptions.PolarsError:
-        return False
-    return code.height == 1 and code["statuscode"][0] in _protocol.APPROVED
+def _json_page(answer: bytes) -> _Page:
+    return _Page(*frames.from_json(answer))
 
 
 def _ask(client: Any, raw: bool, ask: Ask) -> _Page:
     if raw and ask["transactions"]:
-        return client._send(_page_call(client, ask))  # type: ignore[no-any-return]
+        return _json_page(client.batches_json(**ask))
     return _Page.of(client.batches(**ask), bool(ask["transactions"]))
 
 
 async def _ask_async(client: Any, raw: bool, ask: Ask) -> _Page:
     if raw and ask["transactions"]:
-        return await client._send(_page_call(client, ask))  # type: ignore[no-any-return]
+        return _json_page(await client.batches_json(**ask))
     return _Page.of(await client.batches(**ask), bool(ask["transactions"]))
 
 
@@ -571,15 +537,6 @@ def _read_part(root: Path, relative: str, schema: pl.Schema, store: str) -> pl.D
     )
 
 
-def _write_part(df: pl.DataFrame, final: Path) -> None:
-    """Write one part file durably (temporary name, flushed, renamed, folder flushed)."""
-    _replace_atomically(final, lambda p: _write_parquet(df, p))
-
-
-def _write_parquet(df: pl.DataFrame, path: Path) -> None:
-    df.drop("store_id").write_parquet(path, compression="zstd", statistics=True)
-
-
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDWR)
     try:
@@ -588,9 +545,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _write_parts(
-    root: Path, parts: dict[str, pl.DataFrame], flusher: ThreadPoolExecutor | None = None
-) -> None:
+def _write_parts(root: Path, parts: dict[str, pl.DataFrame], flusher: ThreadPoolExecutor) -> None:
     """Write a store's part files (``relative path: frame``) together: each under a
     temporary name, renamed into place, then all of them and their folders flushed at once
     (concurrently: a flush waits on the disk, not on the interpreter), before the manifest
@@ -610,7 +565,7 @@ def _write_parts(
         for final, df in zip(finals, parts.values(), strict=True):
             temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
             written.append((temporary, final))
-            _write_parquet(df, temporary)
+            df.drop("store_id").write_parquet(temporary, compression="zstd", statistics=True)
         for temporary, final in written:
             os.replace(temporary, final)
     except BaseException:
@@ -618,26 +573,11 @@ def _write_parts(
             with contextlib.suppress(OSError):
                 temporary.unlink()
         raise
-    flushes = [*(functools.partial(_fsync_file, f) for f in finals)]
-    flushes += [functools.partial(_fsync_dir, f) for f in sorted(folders)]
-    _all_at_once(flushes, flusher)
-
-
-def _all_at_once(calls: Sequence[Any], pool: ThreadPoolExecutor | None = None) -> None:
-    """Run ``calls`` (each waiting on the disk) on threads of ``pool`` (else of their own);
-    raise the first failure once all have ended."""
-    if pool is None:
-        if len(calls) <= 1:
-            for call in calls:
-                call()
-            return
-        with ThreadPoolExecutor(max_workers=min(_FLUSHERS, len(calls))) as own:
-            _all_at_once(calls, own)
-        return
-    running = [pool.submit(call) for call in calls]
-    wait(running)
-    for done in running:
-        done.result()
+    flushes = [flusher.submit(_fsync_file, final) for final in finals]
+    flushes += [flusher.submit(_fsync_dir, folder) for folder in sorted(folders)]
+    wait(flushes)
+    for flushed in flushes:
+        flushed.result()  # the first failure, once all have ended
 
 
 _FLUSHERS = 16  # flushes in flight at once: the disk takes them together
@@ -649,7 +589,7 @@ def _write_store(
     held: pl.DataFrame,
     entry: dict[str, Any] | None,
     generation: int,
-    flusher: ThreadPoolExecutor | None = None,
+    flusher: ThreadPoolExecutor,
 ) -> tuple[dict[str, Any], StoreSync]:
     """Write one store's new files (temporary names, renamed, flushed); its new manifest
     entry."""

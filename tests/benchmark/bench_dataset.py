@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -46,6 +47,7 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
     manifest["generation"] = 1
     part = "part-000001.parquet"
     written = 0
+    flusher = ThreadPoolExecutor(max_workers=dataset._FLUSHERS)
     for number in range(max(1, -(-rows // chunk))):
         size = min(chunk, rows - written)
         txs = synthetic_transactions(size, stores=10, days=days, seed=number)
@@ -59,23 +61,22 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
         batches = batches_of(txs)
         months = txs.with_columns(pl.col("at").dt.strftime("%Y-%m").alias("_month"))
         for (store,), store_txs in months.partition_by("store_id", as_dict=True).items():
-            entry: dict[str, object] = {"store_name": None, "listed_since": None}
+            entry: dict[str, object] = {"listed_since": None}
             store_batches = batches.filter(pl.col("store_id") == store)
-            relative = f"batches/store_id={store}/{part}"
-            dataset._write_part(store_batches.sort("opened_at"), path / relative)
-            entry["batches"] = relative
+            parts = {f"batches/store_id={store}/{part}": store_batches.sort("opened_at")}
+            entry["batches"] = next(iter(parts))
             entry["store_name"] = store_batches["store_name"][0]
             files = {}
             for (month,), month_txs in store_txs.partition_by("_month", as_dict=True).items():
                 relative = f"transactions/store_id={store}/month={month}/{part}"
-                dataset._write_part(
-                    month_txs.drop("_month").sort("at", "host_ref"), path / relative
-                )
+                parts[relative] = month_txs.drop("_month").sort("at", "host_ref")
                 files[str(month)] = relative
+            dataset._write_parts(path, parts, flusher)
             entry["transactions"] = dict(sorted(files.items()))
             manifest["stores"][str(store)] = entry
         written += size
         del txs, batches, months
+    flusher.shutdown()
     dataset._write_manifest(path, manifest)
     return path
 
