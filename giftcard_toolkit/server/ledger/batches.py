@@ -34,11 +34,7 @@ class Batches:
         self.operations = operations
 
     def open_batch(self, conn: Conn, store_id: str, now: datetime) -> int:
-        row = conn.execute(
-            "SELECT id FROM batches WHERE store_id = ? AND status = 'open'", (store_id,)
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
+        """A new open batch for a store that has none (``Money.move`` looked, in its insert)."""
         (created,) = conn.execute(
             "INSERT INTO batches(store_id, status, opened_at) VALUES (?, 'open', ?) RETURNING id",
             (store_id, ts(now)),
