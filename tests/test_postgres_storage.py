@@ -30,7 +30,8 @@ def _waiting_locks(storage: PostgresStorage) -> int:
 def test_a_write_running_alone_waits_for_a_write_in_flight_without_a_deadlock(storage):
     """A write that lost its conflicts runs alone (it locks the written tables); a write in
     flight that touches one table, then another, must finish first, not deadlock with it
-    (PostgreSQL would find the deadlock only after a second and abort one of the two)."""
+    (PostgreSQL would find the deadlock after a second and abort one of the two: a
+    failure in either thread)."""
     order: list[str] = []
     failures: list[BaseException] = []
 
@@ -42,7 +43,6 @@ def test_a_write_running_alone_waits_for_a_write_in_flight_without_a_deadlock(st
         except BaseException as failed:  # noqa: BLE001 - reported by the assertion below
             failures.append(failed)
 
-    started = time.monotonic()
     with storage.write() as conn:
         conn.execute("UPDATE idempotency SET state = state WHERE key = 'none'")
         lone = threading.Thread(target=alone)
@@ -56,4 +56,3 @@ def test_a_write_running_alone_waits_for_a_write_in_flight_without_a_deadlock(st
     lone.join(10)
     assert not failures
     assert order == ["in flight", "alone"]
-    assert time.monotonic() - started < 1, "no deadlock was waited out"
