@@ -286,27 +286,10 @@ def batches(
 _APPROVED_START = re.compile(rb'\s*\{\s*"statuscode"\s*:\s*"(?:000000|000001)"')
 
 
-def batches_json(
-    settings: Settings,
-    store: str,
-    *,
-    status: str,
-    since: date | None,
-    until: date | None,
-    limit: int,
-    transactions: bool,
-) -> Call[bytes]:
-    """``batches``, its approved answer kept as the server sent it (for a reader of its own,
-    e.g. ``frames.from_json``); a decline or an error raises just as from ``batches``."""
-    call = batches(
-        settings,
-        store,
-        status=status,
-        since=since,
-        until=until,
-        limit=limit,
-        transactions=transactions,
-    )
+def batches_json(settings: Settings, store: str, **options: Any) -> Call[bytes]:
+    """``batches`` (same options), its approved answer kept as the server sent it, for a
+    reader of its own (``frames.from_json``); a decline or an error raises as ``batches``."""
+    call = batches(settings, store, **options)
 
     def parse(response: httpx.Response) -> bytes:
         if response.status_code != 200 or not _APPROVED_START.match(response.content):
