@@ -6,9 +6,13 @@ import re
 from datetime import datetime
 from decimal import Decimal
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serverkit import MovableClock, Pos, body
 
 from giftcard_toolkit.server import running
+from giftcard_toolkit.server.ledger.batches import _transaction_json
+from giftcard_toolkit.server.ledger.records import dumps, from_cents
 
 MASKED = re.compile(r"^\*{12}[0-9]{4}$")
 
@@ -122,3 +126,29 @@ def test_every_time_carries_its_utc_offset(srv, pos):
     times += [t["datetime"] for b in listed["batches"] for t in b["transactions"]]
     assert len(times) > 3
     assert all(datetime.fromisoformat(t).utcoffset() is not None for t in times)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cents=st.lists(st.integers(-(10**17), 10**17), min_size=3, max_size=3),
+    texts=st.lists(st.none() | st.text(), min_size=4, max_size=4),
+)
+def test_a_listed_transaction_is_the_json_its_dict_would_be(cents, texts):
+    """Listings write each transaction's JSON by hand (a thousand batches at a time): the
+    text must be exactly what ``dumps`` gives the transaction's dict, whatever the amounts
+    (negative balances, no cents, huge) and texts (quotes, controls, non-ASCII, absent)."""
+    ref, pos_ref, moment, user = texts
+    row = (7, 123, "reload", "4759", ref, *cents, pos_ref, moment, user)
+    expected = {
+        "hostRef": "123",
+        "type": "reload",
+        "cardno": "************4759",
+        "cardref": ref,
+        "amount": from_cents(cents[0]),
+        "previousbalance": from_cents(cents[1]),
+        "newbalance": from_cents(cents[2]),
+        "posref": pos_ref,
+        "datetime": moment,
+        "username": user,
+    }
+    assert _transaction_json(row, lambda at: at) == dumps(expected)

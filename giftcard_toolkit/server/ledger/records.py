@@ -188,3 +188,18 @@ _ENCODER = simplejson.JSONEncoder(use_decimal=True, separators=(",", ":"))
 def dumps(body: Body) -> str:
     """JSON text of a response body, money as exact decimal numbers."""
     return _ENCODER.encode(body)
+
+
+def json_string(text: str | None) -> str:
+    """``text`` as ``dumps`` writes it (the same escaping), or ``null``."""
+    return "null" if text is None else _QUOTE(text)
+
+
+def money_json(cents: int) -> str:
+    """``from_cents(cents)`` as ``dumps`` writes it, without making a ``Decimal``."""
+    whole, part = divmod(abs(cents), 100)
+    return f"{'-' if cents < 0 else ''}{whole}.{part:02d}"
+
+
+_QUOTE = simplejson.encoder.encode_basestring_ascii
+RawJSON = simplejson.RawJSON  # text that ``dumps`` puts in as it is: already JSON
