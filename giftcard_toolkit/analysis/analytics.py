@@ -1238,17 +1238,18 @@ def reconcile(batches: Frame, txs: Frame, *, stores: Stores = None) -> pl.DataFr
     ``net`` / ``computed_*``); ``net_difference`` (reported - computed); ``matches``.
     """
     chosen = _chosen(batches, stores)
+    # Counted and summed per batch and type first (plain aggregations: fast), then the
+    # types of each batch, a few rows, side by side.
     computed = (
         _lazy(txs)
+        .group_by("store_id", "batch_id", "type")
+        .agg(pl.len().alias("count"), pl.col("amount").sum())
         .group_by("store_id", "batch_id")
         .agg(
-            pl.len().cast(pl.Int64).alias("computed_count"),
-            _money_sum(pl.when(_of_type("sale")).then(pl.col("amount"))).alias("computed_sold"),
-            _money_sum(pl.when(_of_type("reload")).then(pl.col("amount"))).alias(
-                "computed_reloaded"
-            ),
-            _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias(
-                "computed_redeemed"
+            pl.col("count").sum().cast(pl.Int64).alias("computed_count"),
+            *(
+                _money_sum(pl.col("amount").filter(_of_type(kind))).alias(f"computed_{name}")
+                for kind, name in (("sale", "sold"), ("reload", "reloaded"), ("redeem", "redeemed"))
             ),
             _money_sum(_SIGNED).alias("computed_net"),
         )
