@@ -593,7 +593,7 @@ def create_app(
         key = idempotency_key(request.headers.get("idempotency-key"))
         if key is None:
             return json_response(await write(lambda: apply(None, None)))
-        endpoint = f"{request.method} {request.url.path.lower()}"
+        endpoint = f"{request.method} {request.scope['path'].lower()}"  # no URL object made
         as_sent = fields.canonical_json()
 
         def reserve_and_apply() -> tuple[Reservation, str | None]:

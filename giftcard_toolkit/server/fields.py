@@ -228,6 +228,11 @@ def _holds_lone_surrogate(value: Any) -> bool:
     return False
 
 
+# Made once: simplejson.dumps with options builds a new encoder at every call (twice a
+# keyed request). The text is the same as that call's.
+_CANONICAL_ENCODER = simplejson.JSONEncoder(sort_keys=True, use_decimal=True)
+
+
 def _canonical(value: Any) -> Any:
     if isinstance(value, Decimal):
         return value.normalize() if value.is_finite() else str(value)
@@ -262,7 +267,7 @@ class Fields:
                     data[name] = hashlib.sha256(str(named).encode()).hexdigest()
         if card_identity is not None:
             data["card"] = card_identity
-        text = simplejson.dumps(_canonical(data), sort_keys=True, use_decimal=True)
+        text = _CANONICAL_ENCODER.encode(_canonical(data))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def fail(self, name: str, message: str) -> None:
