@@ -14,8 +14,8 @@
    times, taking turns, and the best is kept: this machine's timings wander by +-20 %.
 
 Each measurement runs in its own fresh process, so its peak RSS is its own (per step, and
-the largest of the steps). The data is
-synthetic (``synthetic_transactions``: stores, cards, days, seed), made once per run.
+the largest of the steps). The data is synthetic (``synthetic_transactions``: stores,
+cards, days, seed), made once per run.
 """
 
 from __future__ import annotations
@@ -417,15 +417,14 @@ def measure(work: str, paths: list[str]) -> dict[str, Any]:
     # ``Clock`` resets it after each step, so the run's peak is the largest step's.
     with open("/proc/self/status") as status:
         peak_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    peaks = rows.peaks if isinstance(rows, Clock) else {}
+    if isinstance(rows, Clock):
+        steps, peaks = rows.seconds, rows.peaks
+    else:
+        steps, peaks = (rows if isinstance(rows, dict) else {}), {}
     return {
         "seconds": seconds,
         "rows": rows if isinstance(rows, int) else 0,
-        "steps": rows.seconds
-        if isinstance(rows, Clock)
-        else rows
-        if isinstance(rows, dict)
-        else {},
+        "steps": steps,
         "peaks": peaks,
         "peak_mb": max([peak_kb / 1024, *peaks.values()]),
     }
