@@ -138,7 +138,7 @@ def test_a_listed_transaction_is_the_json_its_dict_would_be(cents, texts):
     text must be exactly what ``dumps`` gives the transaction's dict, whatever the amounts
     (negative balances, no cents, huge) and texts (quotes, controls, non-ASCII, absent)."""
     ref, pos_ref, moment, user = texts
-    row = (7, 123, "reload", "4759", ref, *cents, pos_ref, moment, user)
+    fields = (123, "reload", "4759", ref, *cents, pos_ref, moment, user)
     expected = {
         "hostRef": "123",
         "type": "reload",
@@ -151,4 +151,4 @@ def test_a_listed_transaction_is_the_json_its_dict_would_be(cents, texts):
         "datetime": moment,
         "username": user,
     }
-    assert _transaction_json(row, lambda at: at) == dumps(expected)
+    assert _transaction_json(fields, lambda at: at) == dumps(expected)

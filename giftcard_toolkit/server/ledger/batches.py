@@ -5,9 +5,10 @@ drift. Closing one is a write transaction too, so a movement is either before th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from giftcard_toolkit.cards import mask
 from giftcard_toolkit.server.ledger.admin import Admin
@@ -36,11 +37,11 @@ _LISTED = (
 )
 
 
-def _transaction_json(row: Row, time_text: Callable[[str | None], str | None]) -> str:
-    """A listed transaction (a row of ``_LISTED``) as the very JSON text ``dumps`` gives its
-    dict: a listing holds up to a thousand batches, and dicts of decimals cost several
-    times more to make and encode."""
-    _, host_ref, kind, last4, ref, amount, previous, new, pos, at, user = row
+def _transaction_json(fields: Sequence[Any], time_text: Callable[[str | None], str | None]) -> str:
+    """A listed transaction (a row of ``_LISTED`` after its batch id) as the very JSON text
+    ``dumps`` gives its dict: a listing holds up to a thousand batches, and dicts of
+    decimals cost several times more to make and encode."""
+    host_ref, kind, last4, ref, amount, previous, new, pos, at, user = fields
     return (
         f'{{"hostRef":"{host_ref}","type":{json_string(kind)},'
         f'"cardno":{json_string(mask(last4))},"cardref":{json_string(ref)},'
@@ -81,8 +82,8 @@ class Batches:
         listed: dict[int, list[str]] = {i: [] for i in ids}
         if transactions:
             time_text = self.books.time_text
-            for t in conn.execute(_LISTED.format(marks=marks), ids):
-                listed[t[0]].append(_transaction_json(t, time_text))
+            for batch_id, *fields in conn.execute(_LISTED.format(marks=marks), ids):
+                listed[batch_id].append(_transaction_json(fields, time_text))
         bodies = []
         for r in rows:
             sums = totals[r["id"]]
