@@ -51,6 +51,7 @@ import asyncio
 import contextlib
 import errno
 import inspect
+import io
 import json
 import os
 import threading
@@ -565,7 +566,11 @@ def _write_parts(root: Path, parts: dict[str, pl.DataFrame], flusher: ThreadPool
         for final, df in zip(finals, parts.values(), strict=True):
             temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
             written.append((temporary, final))
-            df.drop("store_id").write_parquet(temporary, compression="zstd", statistics=True)
+            # Made in memory, then written: polars' own file writing costs more than the
+            # encoding for a part this small (about 0.8 ms a file).
+            encoded = io.BytesIO()
+            df.drop("store_id").write_parquet(encoded, compression="zstd", statistics=True)
+            temporary.write_bytes(encoded.getbuffer())
         for temporary, final in written:
             os.replace(temporary, final)
     except BaseException:
