@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 
+import httpx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serverkit import MovableClock, Pos, body
@@ -152,3 +156,36 @@ def test_a_listed_transaction_is_the_json_its_dict_would_be(cents, texts):
         "username": user,
     }
     assert _transaction_json(fields, lambda at: at) == dumps(expected)
+
+
+def test_two_listings_at_most_are_built_at_once_and_every_one_is_answered(srv, monkeypatch):
+    """Listings are long and mostly Python: more at once in one process only contend for the
+    interpreter. Eight asked together are built two at a time, and all eight answered."""
+    building, most = 0, 0
+    counting = threading.Lock()
+    real = srv.ledger.batches
+
+    def slow_listing(*args, **kwargs):
+        nonlocal building, most
+        with counting:
+            building += 1
+            most = max(most, building)
+        try:
+            time.sleep(0.05)
+            return real(*args, **kwargs)
+        finally:
+            with counting:
+                building -= 1
+
+    monkeypatch.setattr(srv.ledger, "batches", slow_listing)
+    store = srv.stores[0].id
+
+    def listed(_: int) -> dict:
+        with httpx.Client(base_url=srv.url, auth=("demo", srv.users["demo"])) as http:
+            return body(http.get(f"/Batch/{store}", params={"limit": 2}))
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(listed, range(8)))
+    assert [a["statuscode"] for a in answers] == ["000000"] * 8
+    assert all(len(a["batches"]) == 2 for a in answers)
+    assert most == 2

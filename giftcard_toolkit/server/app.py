@@ -24,6 +24,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode
 
+import anyio
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
@@ -417,6 +418,9 @@ def _direct(app: FastAPI, endpoint: Callable[[Request], Awaitable[Response]]) ->
 # ------------------------------------------------------------------------ app
 
 
+LISTINGS_AT_ONCE = 2  # batch listings a server process builds at once
+
+
 def create_app(
     ledger: Ledger,
     *,
@@ -445,6 +449,10 @@ def create_app(
     app.state.authenticator = auth
     app.state.throttle = throttle
     direct: dict[tuple[str, str], ASGIApp] = {}  # filled below, once the routes exist
+    # Listings are long and mostly Python: more than two at once in one process only make
+    # them take turns at the interpreter lock, which costs CPU. The rest wait their turn
+    # on the event loop, holding no thread.
+    listings = anyio.Semaphore(LISTINGS_AT_ONCE)
     app.add_middleware(_Boundary, max_body=max_body, direct=direct)
 
     @app.exception_handler(InvalidRequest)
@@ -838,18 +846,20 @@ def create_app(
         since, until = query_date(since_text, "from"), query_date(until_text, "to")
         if since and until and since > until:
             raise InvalidRequest({"from": ["from must not be after to"]})
+
         # Up to 1,000 batches with their transactions: too long to hold the event loop.
-        text = await run_in_threadpool(
-            lambda: ledger.batches(
-                user.stores,
-                store_id,
-                status=status,
-                since=since,
-                until=until,
-                limit=limit,
-                transactions=includetransactions.lower() == "true",
+        async with listings:
+            text = await run_in_threadpool(
+                lambda: ledger.batches(
+                    user.stores,
+                    store_id,
+                    status=status,
+                    since=since,
+                    until=until,
+                    limit=limit,
+                    transactions=includetransactions.lower() == "true",
+                )
             )
-        )
         return json_response(text)
 
     @app.post(
