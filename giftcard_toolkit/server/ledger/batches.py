@@ -72,23 +72,28 @@ class Batches:
             return []
         ids = [r["id"] for r in rows]
         marks = ",".join("?" * len(ids))
-        totals: dict[int, dict[str, tuple[int, int]]] = {i: {} for i in ids}
-        for r in conn.execute(
-            f"SELECT batch_id, type, count(*), sum(amount_cents) FROM ledger "
-            f"WHERE batch_id IN ({marks}) GROUP BY batch_id, type",
-            ids,
-        ):
-            totals[r[0]][r[1]] = (r[2], r[3])
+        # Per batch and type: how many movements, how many cents.
+        totals: dict[int, dict[str, list[int]]] = {i: {} for i in ids}
         listed: dict[int, list[str]] = {i: [] for i in ids}
-        if transactions:
+        if transactions:  # every movement is read anyway: its totals are counted on the way
             time_text = self.books.time_text
             for batch_id, *fields in conn.execute(_LISTED.format(marks=marks), ids):
                 listed[batch_id].append(_transaction_json(fields, time_text))
+                kind = totals[batch_id].setdefault(fields[1], [0, 0])
+                kind[0] += 1
+                kind[1] += fields[4]
+        else:
+            for r in conn.execute(
+                f"SELECT batch_id, type, count(*), sum(amount_cents) FROM ledger "
+                f"WHERE batch_id IN ({marks}) GROUP BY batch_id, type",
+                ids,
+            ):
+                totals[r[0]][r[1]] = [r[2], r[3]]
         bodies = []
         for r in rows:
             sums = totals[r["id"]]
             sold, reloaded, redeemed = (
-                sums.get(k, (0, 0))[1] for k in ("sale", "reload", "redeem")
+                sums.get(k, [0, 0])[1] for k in ("sale", "reload", "redeem")
             )
             body: Body = {
                 "batchid": str(r["id"]),
