@@ -846,7 +846,6 @@ def create_app(
         since, until = query_date(since_text, "from"), query_date(until_text, "to")
         if since and until and since > until:
             raise InvalidRequest({"from": ["from must not be after to"]})
-
         # Up to 1,000 batches with their transactions: too long to hold the event loop.
         async with listings:
             text = await run_in_threadpool(
