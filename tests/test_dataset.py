@@ -472,3 +472,23 @@ async def test_sync_with_the_async_client(server, tmp_path):
     assert report.new == clean[0].height
     assert again.requests == len(server.stores) and again.files_written == 0
     _same(tmp_path, clean)
+
+
+def test_the_manifest_is_json_a_store_a_line_and_reads_back_as_written():
+    """The manifest is rewritten after every store: it is written compactly, a store a line
+    (readable, and quick), and reads back exactly, whatever the names hold."""
+    manifest = {
+        "format": "giftcard_toolkit.dataset",
+        "generation": 7,
+        "schema_version": 2,
+        "stores": {
+            "b": {"batches": "batches/b.parquet", "store_name": 'Åbo "North"\n', "x": None},
+            "a": {"batches": None, "transactions": {"2025-01": "t.parquet"}},
+        },
+    }
+    text = dataset._manifest_text(manifest)
+    assert json.loads(text) == manifest
+    lines = text.splitlines()
+    assert [line.strip()[:4] for line in lines if line.startswith('  "')] == ['"a":', '"b":']
+    empty = {**manifest, "stores": {}}
+    assert json.loads(dataset._manifest_text(empty)) == empty
