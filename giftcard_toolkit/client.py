@@ -364,36 +364,18 @@ class _Core:
 
     def _batches_flow(
         self,
+        read: Callable[..., Call[T]],
         store: Any,
         status: str,
         since: date | None,
         until: date | None,
         limit: int,
         transactions: bool,
-    ) -> Flow[list[models.Batch]]:
+    ) -> Flow[T]:
+        """A store's batches as ``read`` makes them of the answer: ``_protocol.batches``
+        (models) or ``_protocol.batches_json`` (the answer as sent)."""
         return (
-            yield _protocol.batches(
-                self._settings,
-                _protocol.store_id(store),
-                status=status,
-                since=since,
-                until=until,
-                limit=limit,
-                transactions=transactions,
-            )
-        )
-
-    def _batches_json_flow(
-        self,
-        store: Any,
-        status: str,
-        since: date | None,
-        until: date | None,
-        limit: int,
-        transactions: bool,
-    ) -> Flow[bytes]:
-        return (
-            yield _protocol.batches_json(
+            yield read(
                 self._settings,
                 _protocol.store_id(store),
                 status=status,
@@ -567,7 +549,10 @@ class GiftCardClient(_Core):
         limit: int = 100,
         transactions: bool = True,
     ) -> list[models.Batch]:
-        return self._run(self._batches_flow(store, status, since, until, limit, transactions))
+        flow = self._batches_flow(
+            _protocol.batches, store, status, since, until, limit, transactions
+        )
+        return self._run(flow)
 
     def batches_json(
         self,
@@ -580,7 +565,9 @@ class GiftCardClient(_Core):
     ) -> bytes:
         """``batches()``'s answer as the server sent it, for ``frames.from_json`` (read by
         polars in one pass, not object by object); declines and errors raise the same."""
-        flow = self._batches_json_flow(store, status, since, until, limit, transactions)
+        flow = self._batches_flow(
+            _protocol.batches_json, store, status, since, until, limit, transactions
+        )
         return self._run(flow)
 
     def close_batch(
@@ -739,7 +726,10 @@ class AsyncGiftCardClient(_Core):
         limit: int = 100,
         transactions: bool = True,
     ) -> list[models.Batch]:
-        return await self._run(self._batches_flow(store, status, since, until, limit, transactions))
+        flow = self._batches_flow(
+            _protocol.batches, store, status, since, until, limit, transactions
+        )
+        return await self._run(flow)
 
     async def batches_json(
         self,
@@ -752,7 +742,9 @@ class AsyncGiftCardClient(_Core):
     ) -> bytes:
         """``batches()``'s answer as the server sent it, for ``frames.from_json`` (read by
         polars in one pass, not object by object); declines and errors raise the same."""
-        flow = self._batches_json_flow(store, status, since, until, limit, transactions)
+        flow = self._batches_flow(
+            _protocol.batches_json, store, status, since, until, limit, transactions
+        )
         return await self._run(flow)
 
     async def close_batch(
