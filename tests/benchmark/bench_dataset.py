@@ -45,40 +45,49 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
 
     manifest = dataset._new_manifest()
     manifest["generation"] = 1
-    part = "part-000001.parquet"
     written = 0
-    flusher = ThreadPoolExecutor(max_workers=dataset._FLUSHERS)
-    for number in range(max(1, -(-rows // chunk))):
-        size = min(chunk, rows - written)
-        txs = synthetic_transactions(size, stores=10, days=days, seed=number)
-        # Each chunk's own stores and host refs (its cards differ already: seeded apart).
-        txs = txs.with_columns(
-            pl.col("store_id").str.replace("-0000-4000", f"-{number:04d}-4000", literal=True),
-            pl.format("c{}-{}", pl.lit(number), pl.col("host_ref")).alias("host_ref"),
-            pl.format("{} ({})", pl.col("store_name"), pl.lit(number)).alias("store_name"),
-        )
-        txs = frames.conform(txs, frames.TRANSACTION_SCHEMA)
-        batches = batches_of(txs)
-        months = txs.with_columns(pl.col("at").dt.strftime("%Y-%m").alias("_month"))
-        for (store,), store_txs in months.partition_by("store_id", as_dict=True).items():
-            entry: dict[str, object] = {"listed_since": None}
-            store_batches = batches.filter(pl.col("store_id") == store)
-            parts = {f"batches/store_id={store}/{part}": store_batches.sort("opened_at")}
-            entry["batches"] = next(iter(parts))
-            entry["store_name"] = store_batches["store_name"][0]
-            files = {}
-            for (month,), month_txs in store_txs.partition_by("_month", as_dict=True).items():
-                relative = f"transactions/store_id={store}/month={month}/{part}"
-                parts[relative] = month_txs.drop("_month").sort("at", "host_ref")
-                files[str(month)] = relative
-            dataset._write_parts(path, parts, flusher)
-            entry["transactions"] = dict(sorted(files.items()))
-            manifest["stores"][str(store)] = entry
-        written += size
-        del txs, batches, months
-    flusher.shutdown()
+    with ThreadPoolExecutor(max_workers=dataset._FLUSHERS) as flusher:
+        for number in range(max(1, -(-rows // chunk))):
+            size = min(chunk, rows - written)
+            txs = synthetic_transactions(size, stores=10, days=days, seed=number)
+            # Each chunk's own stores and host refs (its cards differ already: seeded apart).
+            txs = txs.with_columns(
+                pl.col("store_id").str.replace("-0000-4000", f"-{number:04d}-4000", literal=True),
+                pl.format("c{}-{}", pl.lit(number), pl.col("host_ref")).alias("host_ref"),
+                pl.format("{} ({})", pl.col("store_name"), pl.lit(number)).alias("store_name"),
+            )
+            txs = frames.conform(txs, frames.TRANSACTION_SCHEMA)
+            for (store,), store_txs in txs.partition_by("store_id", as_dict=True).items():
+                entry = _write_store(path, store_txs, flusher)
+                manifest["stores"][str(store)] = entry
+            written += size
+            del txs
     dataset._write_manifest(path, manifest)
     return path
+
+
+def _write_store(path: Path, txs: pl.DataFrame, flusher: ThreadPoolExecutor) -> dict[str, object]:
+    """One store's synthetic transactions (and their batches) written as ``sync`` writes
+    them, a file per month; the store's manifest entry."""
+    from giftcard_toolkit.analysis import dataset
+
+    part = "part-000001.parquet"
+    store = txs["store_id"][0]
+    store_batches = batches_of(txs).sort("opened_at")
+    parts = {f"batches/store_id={store}/{part}": store_batches}
+    months = txs.with_columns(pl.col("at").dt.strftime("%Y-%m").alias("_month"))
+    files = {}
+    for (month,), month_txs in months.partition_by("_month", as_dict=True).items():
+        relative = f"transactions/store_id={store}/month={month}/{part}"
+        parts[relative] = month_txs.drop("_month").sort("at", "host_ref")
+        files[str(month)] = relative
+    dataset._write_parts(path, parts, flusher)
+    return {
+        "listed_since": None,
+        "batches": next(iter(parts)),
+        "store_name": store_batches["store_name"][0],
+        "transactions": dict(sorted(files.items())),
+    }
 
 
 def analytics_over_dataset(path: str, only: list[str] | None = None) -> Clock:
