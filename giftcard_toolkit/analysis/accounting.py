@@ -44,6 +44,7 @@ from giftcard_toolkit.analysis.analytics import (
     _card_rows,
     _check_every,
     _chosen,
+    _held,
     _period_of,
     _periods,
     _read,
@@ -449,7 +450,7 @@ def journal(
     window = _window(tz, as_of=as_of)
     chosen = _chosen(txs, stores)
     lf = _read(txs, window.cut)
-    per_card = _card_rows(lf, "home_store_id", "home_store_name", "opening_balance", "gap")
+    per_card = _held(_card_rows(lf, "home_store_id", "home_store_name", "opening_balance", "gap"))
     moves = lf.join(per_card.select("card", "home_store_id"), on="card")
     flows = moves.group_by("home_store_id", "store_id", _period_of(window, every), "type").agg(
         pl.col("amount").sum().cast(MONEY)

@@ -508,11 +508,15 @@ def _add_parts(
     )
 
 
-def _held(per_card: pl.LazyFrame, parts: int) -> pl.LazyFrame:
-    """A part's cards, computed once and held (one part's are few) when a measure joins
-    them back to the part's transactions: the part is then read again rather than kept
+def _held(per_card: pl.LazyFrame) -> pl.LazyFrame:
+    """A part's cards, computed once and held (one row a card: few beside their
+    transactions) when a measure both joins them back to the part's transactions and
+    aggregates them. Left lazy, each use would group the transactions again: polars shares
+    a subplan between outputs only when their columns agree, and they never do here (the
+    join needs a card's sale, the counts its gap); held, the redemption curve over 10M
+    transactions takes a fifth less time. The part is then read again rather than kept
     whole in memory while its cards are grouped."""
-    return per_card if parts == 1 else per_card.collect(engine=ENGINE).lazy()
+    return per_card.collect(engine=ENGINE).lazy()
 
 
 def _collect_parts(
@@ -734,7 +738,7 @@ def liability(
             per_card = _card_rows(
                 part, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
             )
-            per_card = _held(per_card, parts)
+            per_card = _held(per_card)
         else:
             per_card = _card_rows(part, "opening_balance", "gap", "part_way").with_columns(
                 _as_home(chosen)
@@ -867,7 +871,7 @@ def redemption_curve(
         per_card = per_card.filter(in_window).with_columns(
             _period_of(window, cohort, "sold_at").alias("cohort_start")
         )
-        per_card = _held(per_card, parts)
+        per_card = _held(per_card)
         per_tx = (
             part.join(
                 per_card.select("card", "home_store_id", "sold_at", "cohort_start"), on="card"
@@ -1062,7 +1066,7 @@ def cross_store(
     window = _window(tz, since, until, as_of)
     lf = _read(txs, window.cut)
     chosen = _chosen(txs, stores)
-    homes = _card_rows(lf, "home_store_id", "home_store_name", "gap", "part_way")
+    homes = _held(_card_rows(lf, "home_store_id", "home_store_name", "gap", "part_way"))
     redeems = lf.filter(_of_type("redeem"))
     if window.since is not None:
         redeems = redeems.filter(pl.col("at") >= window.since)
