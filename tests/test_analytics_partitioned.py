@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from giftcard_toolkit import analytics, frames
+from giftcard_toolkit import accounting, analytics, frames
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmark"))
 from bench_dataset import write_dataset  # noqa: E402
@@ -111,3 +111,40 @@ def test_in_parts_of_cards_over_a_scanned_dataset(monkeypatch, tmp_path):
     for name in ("liability by store", "redemption curve", "breakage as of, by store"):
         parted = CALLS[name](scanned)
         assert parted.equals(CALLS[name](loaded)), name
+
+
+# The measures that join each transaction to its card's row (its home store, its sale).
+JOINING: dict[str, Callable[[pl.DataFrame | pl.LazyFrame], pl.DataFrame]] = {
+    "liability by store": CALLS["liability by store"],
+    "redemption curve": CALLS["redemption curve"],
+    "redemption curve of a store, a window": CALLS["redemption curve of a store, a window"],
+    "cross store": lambda t: analytics.cross_store(t),
+    "journal, remote breakage": lambda t: accounting.journal(t, breakage="remote"),
+}
+
+
+def _colliding_hash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every card's hash one of two values: most cards share theirs with others."""
+    card = pl.col("card")
+    monkeypatch.setattr(
+        analytics, "_HASHED_CARD", pl.when(card.is_not_null()).then(card.hash() % 2)
+    )
+
+
+def test_held_cards_are_keyed_by_their_hash_only_when_no_two_share_one(monkeypatch, history):
+    cards = analytics._card_rows(analytics._read(history, None), "sold_at")
+    assert analytics._held(cards).collect_schema()["_card_key"] == pl.UInt64
+    _colliding_hash(monkeypatch)
+    assert analytics._held(cards).collect_schema()["_card_key"] == pl.String
+
+
+@pytest.mark.parametrize("name", list(JOINING))
+def test_cards_whose_hashes_collide_are_joined_on_the_card_itself(monkeypatch, history, name):
+    """Joined on a shared hash, a card's transactions would count at other cards' home
+    stores and sales: the answer must be the one joined on the card."""
+    hashed, hashed_warnings = _answers(lambda: JOINING[name](history))
+    _colliding_hash(monkeypatch)
+    texts, text_warnings = _answers(lambda: JOINING[name](history))
+    assert hashed.height > 0
+    assert texts.equals(hashed)
+    assert text_warnings == hashed_warnings

@@ -45,6 +45,7 @@ from giftcard_toolkit.analysis.analytics import (
     _check_every,
     _chosen,
     _held,
+    _joined,
     _period_of,
     _periods,
     _read,
@@ -451,7 +452,7 @@ def journal(
     chosen = _chosen(txs, stores)
     lf = _read(txs, window.cut)
     per_card = _held(_card_rows(lf, "home_store_id", "home_store_name", "opening_balance", "gap"))
-    moves = lf.join(per_card.select("card", "home_store_id"), on="card")
+    moves = _joined(lf, per_card, "home_store_id")
     flows = moves.group_by("home_store_id", "store_id", _period_of(window, every), "type").agg(
         pl.col("amount").sum().cast(MONEY)
     )
@@ -599,11 +600,10 @@ def _dormancy_starts(
             (pl.col("new_balance") > 0)
             & (pl.col("next_at").is_null() | (pl.col("next_at") - pl.col("at") >= idle))
         )
-        .join(per_card.select("card", "home_store_id"), on="card")
-        .with_columns(
-            (pl.col("at") + idle).alias("starts"),
-            (pl.col("at") + idle - pl.duration(microseconds=1)).alias("before"),
-        )
+    )
+    spans = _joined(spans, per_card, "home_store_id").with_columns(
+        (pl.col("at") + idle).alias("starts"),
+        (pl.col("at") + idle - pl.duration(microseconds=1)).alias("before"),
     )
     return pl.concat(
         [
