@@ -141,7 +141,7 @@ def _balance_target(url: str, stock: Path) -> dict[str, object]:
 # whole ASGI app (middleware, authentication from the cache, parsing, the ledger read, the
 # access log), in microseconds, the best of ``runs`` runs of ``n`` calls.
 _CPU_PROBE = """
-import asyncio, base64, json, logging, sys, tempfile, time
+import asyncio, base64, json, logging, shutil, sys, tempfile, time
 from pathlib import Path
 from giftcard_toolkit.server import create_app, open_demo
 
@@ -201,6 +201,8 @@ async def main():
 
 asyncio.run(main())
 ledger.close()
+logging.shutdown()
+shutil.rmtree(tmp, ignore_errors=True)  # leave nothing behind in /tmp
 """
 
 
