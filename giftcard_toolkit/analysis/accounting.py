@@ -35,12 +35,14 @@ from giftcard_toolkit.analysis import analytics
 # The analyses' own time, store and card rules (private there), shared rather than written
 # twice: a journal and the liability it must agree with read the data the same way.
 from giftcard_toolkit.analysis.analytics import (
+    _CARD_KEY,
     ALL_STORES,
     ALL_STORES_NAME,
     ENGINE,
     Frame,
     Stores,
     _bounds,
+    _card_key,
     _card_rows,
     _check_every,
     _chosen,
@@ -590,18 +592,21 @@ def _dormancy_starts(
     idle = pl.duration(days=dormant_days)
     # Sorted by card and time, a card's next transaction is the next row (when it is the
     # same card's): cheaper than a window over cards. Transactions of one instant are taken
-    # in the server's order (their place in the batch), whatever the rows' order.
-    same_card = pl.col("card").shift(-1) == pl.col("card")
+    # in the server's order (their place in the batch), whatever the rows' order. Cards are
+    # sorted by their key (a number, when it can be), which keeps each card's rows together
+    # as its text does, and sorts far faster.
+    key = _card_key(per_card)
+    same_card = pl.col(_CARD_KEY).shift(-1) == pl.col(_CARD_KEY)
     spans = (
-        lf.select("card", "at", "position", "new_balance")
-        .sort("card", "at", "position")
+        lf.select(key, "at", "position", "new_balance")
+        .sort(_CARD_KEY, "at", "position")
         .with_columns(pl.when(same_card).then(pl.col("at").shift(-1)).alias("next_at"))
         .filter(
             (pl.col("new_balance") > 0)
             & (pl.col("next_at").is_null() | (pl.col("next_at") - pl.col("at") >= idle))
         )
     )
-    spans = _joined(spans, per_card, "home_store_id").with_columns(
+    spans = spans.join(per_card.select(_CARD_KEY, "home_store_id"), on=_CARD_KEY).with_columns(
         (pl.col("at") + idle).alias("starts"),
         (pl.col("at") + idle - pl.duration(microseconds=1)).alias("before"),
     )

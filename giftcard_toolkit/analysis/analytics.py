@@ -532,13 +532,19 @@ def _held(per_card: pl.LazyFrame) -> pl.LazyFrame:
     return held.with_columns(key.alias(_CARD_KEY)).lazy()
 
 
+def _card_key(cards: pl.LazyFrame) -> pl.Expr:
+    """A transaction's ``_card_key`` for joining it to ``cards`` (given by ``_held``)."""
+    hashed = cards.collect_schema()[_CARD_KEY] == pl.UInt64
+    return (_HASHED_CARD if hashed else pl.col("card")).alias(_CARD_KEY)
+
+
 def _joined(txs: pl.LazyFrame, cards: pl.LazyFrame, *columns: str) -> pl.LazyFrame:
     """Each of ``txs`` (transactions of the part whose cards ``_held`` gave, or of fewer)
     with its card's ``columns`` from ``cards`` (those rows, or some of them)."""
-    hashed = cards.collect_schema()[_CARD_KEY] == pl.UInt64
-    key = (_HASHED_CARD if hashed else pl.col("card")).alias(_CARD_KEY)
     return (
-        txs.with_columns(key).join(cards.select(_CARD_KEY, *columns), on=_CARD_KEY).drop(_CARD_KEY)
+        txs.with_columns(_card_key(cards))
+        .join(cards.select(_CARD_KEY, *columns), on=_CARD_KEY)
+        .drop(_CARD_KEY)
     )
 
 
