@@ -147,7 +147,8 @@ def test_keys_are_per_user_and_endpoint(srv, pos):
     pos.post(
         "/Transaction/radeem", {"cardtoken": token, "amount": 1, "FranchiseeID": store}, headers=key
     )
-    clerk_token = clerk.token(next(c for c in srv.card_stock if c.number == _number(srv, token)))
+    number = _number(srv, token)
+    clerk_token = clerk.token(next(c for c in srv.card_stock if c.number == number))
     answer = clerk.send(
         "POST",
         "/Transaction/reload",
