@@ -527,7 +527,7 @@ def _held(per_card: pl.LazyFrame) -> pl.LazyFrame:
     then equal hashes mean the same card, for every transaction of the part), else the
     card itself."""
     held = per_card.collect(engine=ENGINE)
-    hashed = held.select(_HASHED_CARD).to_series()
+    hashed = held.lazy().select(_HASHED_CARD).collect(engine=ENGINE).to_series()  # as joined
     key = hashed if hashed.n_unique() == held.height else held["card"]
     return held.with_columns(key.alias(_CARD_KEY)).lazy()
 
