@@ -147,6 +147,27 @@ def test_liability_at_a_period_end_is_what_the_cards_hold_then():
             assert row["liability"] == held["balance"].sum(), (every, tz, row)
 
 
+def test_flows_by_store_give_every_store_of_the_data_its_rows_whatever_the_window():
+    # Beta sold once, on the 2nd; Alpha on the 1st and the 10th.
+    txs = frame_of(
+        [
+            _sale(_utc(2026, 1, 1, 12), "t0001"),
+            _sale(_utc(2026, 1, 2, 12), "t0002", "20", store=B),
+            _sale(_utc(2026, 1, 10, 12), "t0003", "30"),
+        ]
+    )
+    whole = analytics.summary(txs, "1w", by="store")
+    assert sorted(set(whole["store_name"].to_list())) == ["All stores", "Alpha", "Beta"]
+    for window in ({"since": date(2026, 1, 5)}, {"until": date(2026, 1, 1)}):
+        flows = analytics.summary(txs, "1w", by="store", **window)
+        assert sorted(set(flows["store_name"].to_list())) == ["All stores", "Alpha", "Beta"]
+    later = analytics.summary(txs, "1w", by="store", since=date(2026, 1, 5))
+    beta = later.filter(pl.col("store_name") == "Beta")
+    assert beta.select("period_start", "sales", "sales_amount").rows() == [
+        (date(2026, 1, 5), 0, D("0"))
+    ], "a store with nothing in the window has its zeros"
+
+
 # ---------------------------------------------------------------------- stores
 
 

@@ -222,10 +222,13 @@ def _periods(first: date, last: date, every: str, window: _Window) -> pl.DataFra
 # ---------------------------------------------------------------------- stores
 
 
+def _store_pairs(frame: Frame) -> pl.LazyFrame:
+    """Every store (``store_id``, ``store_name``) in the frame, in order."""
+    return _lazy(frame).select("store_id", "store_name").unique().sort("store_id", "store_name")
+
+
 def _store_list(frame: Frame) -> pl.DataFrame:
-    """Every store (``store_id``, ``store_name``) in the frame."""
-    pairs = _lazy(frame).select("store_id", "store_name").unique()
-    return pairs.sort("store_id", "store_name").collect(engine=ENGINE)
+    return _store_pairs(frame).collect(engine=ENGINE)
 
 
 def _chosen(frame: Frame, stores: Stores) -> pl.DataFrame | None:
@@ -269,14 +272,19 @@ def _keep(frame: pl.DataFrame, chosen: pl.DataFrame | None) -> pl.DataFrame:
 
 
 def _stores(
-    txs: Frame, found: pl.DataFrame, chosen: pl.DataFrame | None, by: str | None
+    txs: Frame,
+    found: pl.DataFrame,
+    chosen: pl.DataFrame | None,
+    by: str | None,
+    listed: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
     """The stores to give rows to: the chosen ones, or with ``by="store"`` every store in
-    the data (with zeros where a store has nothing), else just those ``found``."""
+    the data (``listed``, when already known; with zeros where a store has nothing), else
+    just those ``found``."""
     if chosen is not None:
         return chosen
     if by == "store":
-        return _store_list(txs)
+        return listed if listed is not None else _store_list(txs)
     return found.select("store_id", "store_name").unique().sort("store_id", "store_name")
 
 
@@ -679,7 +687,14 @@ def summary(
         _money_sum(pl.when(_of_type("redeem")).then(pl.col("amount"))).alias("redemptions_amount"),
         _money_sum(_SIGNED).alias("net"),
     )
-    flows_df, bounds_df = pl.collect_all([flows, _bounds(txs, window)], engine=ENGINE)
+    # Every store in the data, for rows per store: when the flows hold every transaction,
+    # their stores are those (no second read of the stores); else read in the same pass.
+    every_transaction = window.cut is None and window.since is None
+    list_stores = by == "store" and chosen is None and not every_transaction
+    queries = [flows, _bounds(txs, window), *([_store_pairs(txs)] if list_stores else [])]
+    flows_df, bounds_df, *listed = pl.collect_all(queries, engine=ENGINE)
+    if by == "store" and chosen is None and every_transaction:
+        listed = [_store_pairs(flows_df).collect()]
     first, last = bounds_df.row(0)
     columns = {**_PERIOD_COLUMNS, **_STORE_COLUMNS}
     start = window.since if window.since is not None else first
@@ -695,7 +710,7 @@ def summary(
         whole &= pl.col("_from") >= window.since
     periods = periods.with_columns(whole.alias("complete"))
     per_store = (
-        _stores(txs, flows_df, chosen, by)
+        _stores(txs, flows_df, chosen, by, *listed)
         .join(periods, how="cross")
         .join(flows_df.drop("store_name"), on=["store_id", "period_start"], how="left")
         .with_columns(pl.col(_FLOW_SUMS).fill_null(0))
