@@ -228,6 +228,7 @@ def _store_pairs(frame: Frame) -> pl.LazyFrame:
 
 
 def _store_list(frame: Frame) -> pl.DataFrame:
+    """``_store_pairs`` collected."""
     return _store_pairs(frame).collect(engine=ENGINE)
 
 
@@ -690,11 +691,13 @@ def summary(
     # Every store in the data, for rows per store: when the flows hold every transaction,
     # their stores are those (no second read of the stores); else read in the same pass.
     every_transaction = window.cut is None and window.since is None
-    list_stores = by == "store" and chosen is None and not every_transaction
-    queries = [flows, _bounds(txs, window), *([_store_pairs(txs)] if list_stores else [])]
+    all_stores = by == "store" and chosen is None
+    queries = [flows, _bounds(txs, window)]
+    if all_stores and not every_transaction:
+        queries.append(_store_pairs(txs))
     flows_df, bounds_df, *listed = pl.collect_all(queries, engine=ENGINE)
-    if by == "store" and chosen is None and every_transaction:
-        listed = [_store_pairs(flows_df).collect()]
+    if all_stores and every_transaction:
+        listed = [_store_list(flows_df)]
     first, last = bounds_df.row(0)
     columns = {**_PERIOD_COLUMNS, **_STORE_COLUMNS}
     start = window.since if window.since is not None else first

@@ -79,9 +79,10 @@ class Batches:
             time_text = self.books.time_text
             for batch_id, *fields in conn.execute(_LISTED.format(marks=marks), ids):
                 listed[batch_id].append(_transaction_json(fields, time_text))
-                of_type = totals[batch_id].setdefault(fields[1], [0, 0])
+                kind, amount_cents = fields[1], fields[4]
+                of_type = totals[batch_id].setdefault(kind, [0, 0])
                 of_type[0] += 1
-                of_type[1] += fields[4]  # amount_cents
+                of_type[1] += amount_cents
         else:
             for r in conn.execute(
                 f"SELECT batch_id, type, count(*), sum(amount_cents) FROM ledger "
