@@ -506,9 +506,40 @@ def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order():
             assert got.equals(want)
 
 
+def test_the_sequence_rules_never_run_one_card_into_the_next():
+    """Sorted by card, one card's last transactions sit beside the next card's first: a
+    reload-redeem cycle or a run of redemptions is counted within a card only."""
+    txs = _txs(
+        [
+            (A, "c0010", "sale", "100", "0", "100", "03-02 09:00"),
+            (A, "c0010", "reload", "50", "100", "150", "03-02 10:00"),
+            (A, "c0010", "redeem", "50", "150", "100", "03-02 11:00"),  # one cycle
+            *[
+                (A, "c0010", "redeem", "1", str(100 - i), str(99 - i), f"03-02 11:{10 + i:02d}")
+                for i in range(3)
+            ],
+            (A, "c0010", "reload", "50", "97", "147", "03-02 12:00"),  # its last
+            # The next card by sort order comes in part-way: redeems straight away.
+            (A, "c0011", "redeem", "50", "80", "30", "03-02 12:30"),
+            (A, "c0011", "redeem", "1", "30", "29", "03-02 12:40"),
+            (A, "c0011", "redeem", "1", "29", "28", "03-02 12:50"),
+        ]
+    )
+    # Run together, c0010 would have two cycles, and six redemptions within the hour.
+    assert analytics.anomalies(txs).is_empty()
+    # Each card alone is one redemption short of being flagged.
+    assert analytics.anomalies(txs, max_redeems_per_hour=3)["card_last4"].to_list() == ["0010"]
+    assert analytics.anomalies(txs, min_cycles=1)["reason"].to_list() == [
+        "reload-redeem cycling",
+        "reload-redeem cycling",
+    ]
+
+
 def test_anomalies_in_parts_of_cards_find_the_same(monkeypatch):
-    """Past memory the sequence rules sort a few cards at a time: the same flags."""
+    """Past memory the sequence rules sort a few cards at a time: the same flags, whether
+    the parts are cut from a frame in memory or written from a scan to files."""
     whole = analytics.anomalies(STORY)
     monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS", 3)
     parted = analytics.anomalies(STORY)
     assert whole.height == 6 and parted.equals(whole)
+    assert analytics.anomalies(STORY.lazy()).equals(whole)
