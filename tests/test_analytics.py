@@ -540,6 +540,7 @@ def test_anomalies_in_parts_of_cards_find_the_same(monkeypatch):
     the parts are cut from a frame in memory or written from a scan to files."""
     whole = analytics.anomalies(STORY)
     monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS", 3)
+    monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS_IN_MEMORY", 3)
     parted = analytics.anomalies(STORY)
     assert whole.height == 6 and parted.equals(whole)
     assert analytics.anomalies(STORY.lazy()).equals(whole)

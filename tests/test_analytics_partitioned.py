@@ -1,5 +1,6 @@
 """A card-following measure read in parts of cards (a scanned history past
-``analytics._CARD_PART_ROWS`` transactions) gives exactly the single pass's frames."""
+``analytics._CARD_PART_ROWS`` transactions, a frame in memory past
+``_CARD_PART_ROWS_IN_MEMORY``) gives exactly the single pass's frames."""
 
 from __future__ import annotations
 
@@ -47,13 +48,17 @@ def _same_in_parts(
 ) -> list[str]:
     whole, whole_warnings = _answers(lambda: call(txs))  # in memory: one pass
     monkeypatch.setattr(analytics, "_CARD_PART_ROWS", -(-txs.height // parts))
-    assert analytics._card_parts(txs.lazy()) == parts
+    monkeypatch.setattr(analytics, "_CARD_PART_ROWS_IN_MEMORY", -(-txs.height // parts))
+    assert analytics._card_parts(txs.lazy()) == parts == analytics._card_parts(txs)
     parted, parted_warnings = _answers(lambda: call(txs.lazy()))
+    cut, cut_warnings = _answers(lambda: call(txs))  # in memory, cut by filters
     monkeypatch.undo()
-    assert analytics._card_parts(txs.lazy()) == 1
+    assert analytics._card_parts(txs.lazy()) == 1 == analytics._card_parts(txs)
     assert parted.schema == whole.schema
     assert parted.equals(whole)
     assert parted_warnings == whole_warnings
+    assert cut.equals(whole)
+    assert cut_warnings == whole_warnings
     assert whole.height > 0
     return whole_warnings
 
