@@ -1178,17 +1178,21 @@ class _Sequence:
     min_cycles: int
     cycle_ratio: float
 
-    def flags(self, narrow: pl.LazyFrame) -> pl.DataFrame:
-        """The (``row``, ``reason``) flags of these transactions (whole cards)."""
+    def flags(self, narrow: pl.LazyFrame, lean: bool = False) -> pl.DataFrame:
+        """The (``row``, ``reason``) flags of these transactions (whole cards); ``lean``:
+        sorted by the in-memory engine, whose sort takes less than half the streaming
+        one's memory (2M rows: 0.17 against 0.39 GB) for a little more time (0.1-0.2 s):
+        worth it beside a frame held in memory."""
         # Sorted, a card's transactions are one run: numbered, the rules compare and group
         # the runs' numbers, not the cards' text (a third of their time). A missing card is
         # a run of its own row, as a null card equals none.
         new_card = (pl.col("card") != pl.col("card").shift(1)).fill_null(True)
+        unsorted = narrow.collect(engine=ENGINE).lazy() if lean else narrow
         ordered = (
-            narrow.sort("card", "at", "position", "row")
+            unsorted.sort("card", "at", "position", "row")
             .with_columns(new_card.cum_sum().alias("card_run"))
             .drop("card")
-            .collect(engine=ENGINE)
+            .collect(engine="in-memory" if lean else ENGINE)
             .lazy()
         )
 
@@ -1288,13 +1292,14 @@ def anomalies(
         return _flag(found, "redeemed at another store soon after sale")
 
     if parts == 1:
-        found = [cross(unordered), rules.flags(narrow).lazy()]
+        found = [cross(unordered), rules.flags(narrow, lean=in_memory).lazy()]
     else:
         found = []
         both = full.select("row", _CARD, "type", "at", "position", amount, "store_id")
         with tempfile.TemporaryDirectory(prefix="giftcard-anomalies-") as folder:
             for part in _in_parts(both, parts, None if in_memory else folder):
-                found.append(rules.flags(part.select(narrow.collect_schema().names())).lazy())
+                part_flags = rules.flags(part.select(narrow.collect_schema().names()), in_memory)
+                found.append(part_flags.lazy())
                 cross_flags = cross(part.select(unordered.collect_schema().names()))
                 found.append(cross_flags.collect(engine=ENGINE).lazy())
     flags = pl.concat(found)
