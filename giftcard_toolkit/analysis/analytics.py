@@ -37,6 +37,7 @@ The same keywords mean the same everywhere:
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable
@@ -1160,7 +1161,8 @@ def cross_store(
 # The most transactions ``anomalies`` reads at once (a part of the cards): its sequence rules
 # sort them, its sale-then-elsewhere rule matches their sales. Finer for a frame in memory,
 # whose parts cost a filter only, and which is held beside them (10M rows in memory: a peak
-# of 3.2 GB in parts of 5M, 2.8 GB in parts of 2M, in about the same time).
+# of 3.2 GB in parts of 5M, 2.7 GB in parts of 2M in about the same time, 2.45 GB with the
+# parts sorted by the in-memory engine, for 0.1-0.3 s more a part).
 _SEQUENCE_PART_ROWS = 5_000_000
 _SEQUENCE_PART_ROWS_IN_MEMORY = 2_000_000
 
@@ -1181,7 +1183,7 @@ class _Sequence:
     def flags(self, narrow: pl.LazyFrame, lean: bool = False) -> pl.DataFrame:
         """The (``row``, ``reason``) flags of these transactions (whole cards); ``lean``:
         sorted by the in-memory engine, whose sort takes less than half the streaming
-        one's memory (2M rows: 0.17 against 0.39 GB) for a little more time (0.1-0.2 s):
+        one's memory (2M rows: 0.17 against 0.39 GB) for a little more time (0.1-0.3 s):
         worth it beside a frame held in memory."""
         # Sorted, a card's transactions are one run: numbered, the rules compare and group
         # the runs' numbers, not the cards' text (a third of their time). A missing card is
@@ -1296,8 +1298,13 @@ def anomalies(
     else:
         found = []
         both = full.select("row", _CARD, "type", "at", "position", amount, "store_id")
-        with tempfile.TemporaryDirectory(prefix="giftcard-anomalies-") as folder:
-            for part in _in_parts(both, parts, None if in_memory else folder):
+        written: contextlib.AbstractContextManager[str | None] = (
+            contextlib.nullcontext()
+            if in_memory
+            else tempfile.TemporaryDirectory(prefix="giftcard-anomalies-")
+        )
+        with written as folder:
+            for part in _in_parts(both, parts, folder):
                 part_flags = rules.flags(part.select(narrow.collect_schema().names()), in_memory)
                 found.append(part_flags.lazy())
                 cross_flags = cross(part.select(unordered.collect_schema().names()))
