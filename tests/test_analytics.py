@@ -513,25 +513,27 @@ def test_the_sequence_rules_never_run_one_card_into_the_next():
         [
             (A, "c0010", "sale", "100", "0", "100", "03-02 09:00"),
             (A, "c0010", "reload", "50", "100", "150", "03-02 10:00"),
-            (A, "c0010", "redeem", "50", "150", "100", "03-02 11:00"),  # one cycle
-            *[
-                (A, "c0010", "redeem", "1", str(100 - i), str(99 - i), f"03-02 11:{10 + i:02d}")
-                for i in range(3)
-            ],
-            (A, "c0010", "reload", "50", "97", "147", "03-02 12:00"),  # its last
+            (A, "c0010", "redeem", "50", "150", "100", "03-02 11:00"),  # its one cycle
+            (A, "c0010", "redeem", "1", "100", "99", "03-02 11:40"),
+            (A, "c0010", "redeem", "1", "99", "98", "03-02 11:45"),
+            (A, "c0010", "reload", "50", "98", "148", "03-02 11:50"),  # its last
             # The next card by sort order comes in part-way: redeems straight away.
-            (A, "c0011", "redeem", "50", "80", "30", "03-02 12:30"),
-            (A, "c0011", "redeem", "1", "30", "29", "03-02 12:40"),
-            (A, "c0011", "redeem", "1", "29", "28", "03-02 12:50"),
+            (A, "c0011", "redeem", "50", "80", "30", "03-02 12:00"),
+            (A, "c0011", "redeem", "1", "30", "29", "03-02 12:05"),
+            (A, "c0011", "redeem", "1", "29", "28", "03-02 12:10"),
         ]
     )
-    # Run together, c0010 would have two cycles, and six redemptions within the hour.
-    assert analytics.anomalies(txs).is_empty()
-    # Each card alone is one redemption short of being flagged.
-    assert analytics.anomalies(txs, max_redeems_per_hour=3)["card_last4"].to_list() == ["0010"]
-    assert analytics.anomalies(txs, min_cycles=1)["reason"].to_list() == [
-        "reload-redeem cycling",
-        "reload-redeem cycling",
+    # Run together, c0010's last reload and c0011's first redeem would be a second cycle,
+    # and 11:40-12:10 five redemptions within the hour (more than 4).
+    assert analytics.anomalies(txs, max_redeems_per_hour=99).is_empty(), "cycles"
+    assert analytics.anomalies(txs, min_cycles=99).is_empty(), "redemptions in an hour"
+    # Within each card, each rule does find what is there.
+    cycling = analytics.anomalies(txs, min_cycles=1)
+    assert cycling.select("card_last4", "type").rows() == [("0010", "reload"), ("0010", "redeem")]
+    rapid = analytics.anomalies(txs, max_redeems_per_hour=2, min_cycles=99)
+    assert rapid.select("card_last4", "at").rows() == [
+        ("0010", datetime(2026, 3, 2, 11, 45, tzinfo=UTC)),
+        ("0011", datetime(2026, 3, 2, 12, 10, tzinfo=UTC)),
     ]
 
 

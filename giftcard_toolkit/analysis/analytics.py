@@ -1189,6 +1189,8 @@ class _Sequence:
         # the runs' numbers, not the cards' text (a third of their time). A missing card is
         # a run of its own row, as a null card equals none.
         new_card = (pl.col("card") != pl.col("card").shift(1)).fill_null(True)
+        # Lean, the part is still read by the streaming engine, then sorted: the in-memory
+        # engine reading a part of a 10M-row frame took 0.44 GB more, the streaming 0.13.
         unsorted = narrow.collect(engine=ENGINE).lazy() if lean else narrow
         ordered = (
             unsorted.sort("card", "at", "position", "row")
@@ -1305,8 +1307,8 @@ def anomalies(
         )
         with written as folder:
             for part in _in_parts(both, parts, folder):
-                part_flags = rules.flags(part.select(narrow.collect_schema().names()), in_memory)
-                found.append(part_flags.lazy())
+                part_narrow = part.select(narrow.collect_schema().names())
+                found.append(rules.flags(part_narrow, lean=in_memory).lazy())
                 cross_flags = cross(part.select(unordered.collect_schema().names()))
                 found.append(cross_flags.collect(engine=ENGINE).lazy())
     flags = pl.concat(found)
