@@ -506,9 +506,21 @@ def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order():
             assert got.equals(want)
 
 
-def test_the_sequence_rules_never_run_one_card_into_the_next():
+# The anomaly rules sort a card's transactions by the card's hash (by its text when two of
+# the cards share one): as polars hashes; a hash that keeps ``c0010`` just before ``c0011``,
+# as the test below places them; one that every card shares (the text's order, then).
+_CARD_HASHES = {
+    "polars": analytics._HASHED_CARD,
+    "in the text's order": pl.col("card").str.slice(-2).cast(pl.UInt64),
+    "shared by every card": pl.when(pl.col("card").is_not_null()).then(pl.lit(7, pl.UInt64)),
+}
+
+
+@pytest.mark.parametrize("card_hash", _CARD_HASHES)
+def test_the_sequence_rules_never_run_one_card_into_the_next(monkeypatch, card_hash):
     """Sorted by card, one card's last transactions sit beside the next card's first: a
     reload-redeem cycle or a run of redemptions is counted within a card only."""
+    monkeypatch.setattr(analytics, "_HASHED_CARD", _CARD_HASHES[card_hash])
     txs = _txs(
         [
             (A, "c0010", "sale", "100", "0", "100", "03-02 09:00"),
@@ -546,3 +558,35 @@ def test_anomalies_in_parts_of_cards_find_the_same(monkeypatch):
     parted = analytics.anomalies(STORY)
     assert whole.height == 6 and parted.equals(whole)
     assert analytics.anomalies(STORY.lazy()).equals(whole)
+
+
+@pytest.mark.parametrize("card_hash", _CARD_HASHES)
+def test_anomalies_the_same_whatever_the_cards_hashes(monkeypatch, card_hash):
+    """The rules sort by a card's hash; two cards sharing one are sorted by their text
+    instead, never taken for one card: the same flags, in one part or several, even for
+    cards whose transactions alternate in time (each card cycles twice, the other card's
+    transaction always between its reload and its redeem)."""
+    alternating = _txs(
+        [
+            row
+            for minute, card in ((0, "c0021"), (1, "c0022"))
+            for row in [
+                (A, card, "sale", "10", "0", "10", f"02-01 09:0{minute}"),
+                (A, card, "reload", "50", "10", "60", f"02-01 10:0{minute}"),
+                (B, card, "redeem", "50", "60", "10", f"02-01 10:3{minute}"),
+                (A, card, "reload", "50", "10", "60", f"02-01 11:0{minute}"),
+                (B, card, "redeem", "50", "60", "10", f"02-01 11:3{minute}"),
+            ]
+        ]
+    )
+    histories = pl.concat([STORY, alternating])
+    whole = analytics.anomalies(histories)
+    cycling = whole.filter(pl.col("reason") == "reload-redeem cycling")
+    counts = cycling["card_last4"].value_counts().sort("card_last4").rows()
+    assert counts == [("0003", 4), ("0021", 4), ("0022", 4)]
+    monkeypatch.setattr(analytics, "_HASHED_CARD", _CARD_HASHES[card_hash])
+    assert analytics.anomalies(histories).equals(whole)
+    monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS", 3)
+    monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS_IN_MEMORY", 3)
+    assert analytics.anomalies(histories).equals(whole)
+    assert analytics.anomalies(histories.lazy()).equals(whole)

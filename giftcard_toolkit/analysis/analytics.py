@@ -477,12 +477,14 @@ def _card_parts(txs: Frame) -> int:
     return max(1, -(-rows // _CARD_PART_ROWS))
 
 
-def _in_parts(lf: pl.LazyFrame, parts: int, folder: str | None = None) -> list[pl.LazyFrame]:
+def _in_parts(
+    lf: pl.LazyFrame, parts: int, folder: str | None = None, by: pl.Expr | None = None
+) -> list[pl.LazyFrame]:
     """``lf`` (with its ``card``) as ``parts`` frames of whole cards, by a hash of the card:
     each part a filter of ``lf`` (read again for each part), or, given a ``folder``, its
     own Parquet files there, written in one read of ``lf`` (worth it when the parts are
-    many: each then reads its own rows only)."""
-    part_of = pl.col("card").hash() % parts
+    many: each then reads its own rows only). ``by``: the card's hash, if ``lf`` has it."""
+    part_of = (pl.col("card").hash() if by is None else by) % parts
     if parts == 1:
         return [lf]
     if folder is None:
@@ -1158,13 +1160,12 @@ def cross_store(
 # ------------------------------------------------------------------- anomalies
 
 
-# The most transactions ``anomalies`` reads at once (a part of the cards): its sequence rules
-# sort them, its sale-then-elsewhere rule matches their sales. Finer for a frame in memory,
-# whose parts cost a filter only, and which is held beside them (10M rows in memory: a peak
-# of 3.2 GB in parts of 5M, 2.7 GB in parts of 2M in about the same time, 2.45 GB with the
-# parts sorted by the in-memory engine, for 0.1-0.3 s more a part).
+# The most transactions ``anomalies`` reads at once (a part of the cards), which its rules
+# sort. Finer for a frame in memory, whose parts cost a filter only, and which is held
+# beside them (10M rows in memory: a peak of 2.7 GB in parts of 2M, 2.5 GB in parts of 1M,
+# in the same time).
 _SEQUENCE_PART_ROWS = 5_000_000
-_SEQUENCE_PART_ROWS_IN_MEMORY = 2_000_000
+_SEQUENCE_PART_ROWS_IN_MEMORY = 1_000_000
 
 
 def _flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
@@ -1172,33 +1173,21 @@ def _flag(frame: pl.LazyFrame, reason: str) -> pl.LazyFrame:
 
 
 @dataclass(frozen=True)
-class _Sequence:
-    """The anomaly rules that read a card's transactions in order."""
+class _Rules:
+    """The anomaly rules, which read a card's transactions in order and match its sales."""
 
+    cross_store_minutes: int
     max_redeems_per_hour: int
     cycle_hours: int
     min_cycles: int
     cycle_ratio: float
 
-    def flags(self, narrow: pl.LazyFrame, lean: bool = False) -> pl.DataFrame:
-        """The (``row``, ``reason``) flags of these transactions (whole cards); ``lean``:
-        sorted by the in-memory engine, whose sort takes less than half the streaming
-        one's memory (2M rows: 0.17 against 0.39 GB) for a little more time (0.1-0.3 s):
-        worth it beside a frame held in memory."""
-        # Sorted, a card's transactions are one run: numbered, the rules compare and group
-        # the runs' numbers, not the cards' text (a third of their time). A missing card is
-        # a run of its own row, as a null card equals none.
-        new_card = (pl.col("card") != pl.col("card").shift(1)).fill_null(True)
-        # Lean, the part is still read by the streaming engine, then sorted: the in-memory
-        # engine reading a part of a 10M-row frame took 0.44 GB more, the streaming 0.13.
-        unsorted = narrow.collect(engine=ENGINE).lazy() if lean else narrow
-        ordered = (
-            unsorted.sort("card", "at", "position", "row")
-            .with_columns(new_card.cum_sum().alias("card_run"))
-            .drop("card")
-            .collect(engine="in-memory" if lean else ENGINE)
-            .lazy()
-        )
+    def flags(self, part: pl.LazyFrame, lean: bool = False) -> pl.DataFrame:
+        """The (``row``, ``reason``) flags of these transactions (whole cards; the columns
+        of ``_RULE_COLUMNS``); ``lean``: sorted by the in-memory engine, whose sort takes
+        less than half the streaming one's memory (2M rows: 0.17 against 0.39 GB) for a
+        little more time: worth it beside a frame held in memory."""
+        ordered = self._ordered(part, lean).lazy()
 
         def same_card(offset: int) -> pl.Expr:
             return pl.col("card_run").shift(offset) == pl.col("card_run")
@@ -1214,10 +1203,7 @@ class _Sequence:
             & same_card(-1)
             & (pl.col("type").shift(-1) == "redeem")
             & (pl.col("at").shift(-1) - pl.col("at") <= pl.duration(hours=self.cycle_hours))
-            & (
-                pl.col("amount").shift(-1).cast(pl.Float64)
-                >= pl.col("amount").cast(pl.Float64) * self.cycle_ratio
-            )
+            & (pl.col("amount").shift(-1) >= pl.col("amount") * self.cycle_ratio)
         )
         cycling = (
             ordered.with_columns(followed.fill_null(False).alias("starts_cycle"))
@@ -1229,9 +1215,72 @@ class _Sequence:
             )
             .filter(pl.col("in_cycle") & (pl.col("cycles") >= self.min_cycles))
         )
+        sales = ordered.filter(_of_type("sale")).select(
+            "card_run", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
+        )
+        soon_elsewhere = (
+            ordered.filter(_of_type("redeem"))
+            .join(sales, on="card_run", how="inner")
+            .filter(
+                (pl.col("store_id") != pl.col("sale_store"))
+                & (pl.col("at") >= pl.col("sold_at"))
+                & (
+                    pl.col("at") - pl.col("sold_at")
+                    <= pl.duration(minutes=self.cross_store_minutes)
+                )
+            )
+        )
         return pl.concat(
-            [_flag(rapid, "many redemptions in an hour"), _flag(cycling, "reload-redeem cycling")]
+            [
+                _flag(soon_elsewhere, "redeemed at another store soon after sale"),
+                _flag(rapid, "many redemptions in an hour"),
+                _flag(cycling, "reload-redeem cycling"),
+            ]
         ).collect(engine=ENGINE)
+
+    @staticmethod
+    def _ordered(part: pl.LazyFrame, lean: bool) -> pl.DataFrame:
+        """``part`` sorted by card, then the server's order, each card's run of rows
+        numbered (``card_run``), so that the rules compare and group numbers, not text.
+
+        Sorted by the card's 64-bit hash, half the time of sorting its text (2M rows:
+        0.27 against 0.58 s); exact while no two of the part's cards share a hash, which
+        the sorted rows show (a new card with its predecessor's hash): then sorted by the
+        card itself. A missing card is a run of its own row, as a null card equals none.
+        """
+        new_card = (pl.col("card") != pl.col("card").shift(1)).fill_null(True)
+        # Lean, the part is still read by the streaming engine, then sorted: the in-memory
+        # engine reading a part of a 10M-row frame took 0.44 GB more, the streaming 0.13.
+        unsorted = part.collect(engine=ENGINE).lazy() if lean else part
+        engine = "in-memory" if lean else ENGINE
+        ordered = pl.DataFrame()
+        for card in ("card_hash", "card"):
+            ordered = (
+                unsorted.sort(card, "at", "position", "row")
+                .with_columns(new_card.alias("new_card"))
+                .collect(engine=engine)
+            )
+            shared = pl.col("new_card") & (pl.col("card_hash") == pl.col("card_hash").shift(1))
+            if not ordered.select(shared.any()).item():
+                break
+        return ordered.select(
+            pl.exclude("card", "card_hash", "new_card"),
+            pl.col("new_card").cum_sum().alias("card_run"),
+        )
+
+
+# What the anomaly rules read of each transaction: the amount as the float the cycling rule
+# compares (half the bytes of the decimal); and (``card_hash``) the card's hash, by which
+# they cut the cards into parts and sort each part.
+_RULE_COLUMNS = (
+    "row",
+    _CARD,
+    "type",
+    "at",
+    "position",
+    pl.col("amount").cast(pl.Float64),
+    "store_id",
+)
 
 
 def anomalies(
@@ -1264,56 +1313,37 @@ def anomalies(
     full = _lazy(txs).with_row_index("row")
     columns = list(_lazy(txs).collect_schema().names())
     chosen = _chosen(txs, stores)
-    # Flags are found on narrow frames; the flagged rows are then looked up in the full one
-    # (so no sort ever moves the string columns). The amount there is the float the cycling
-    # rule compares: half the bytes of the decimal.
-    amount = pl.col("amount").cast(pl.Float64)
-    narrow = full.select("row", _CARD, "type", "at", "position", amount)
-    rules = _Sequence(max_redeems_per_hour, cycle_hours, min_cycles, cycle_ratio)
-    # The rules that follow a card's sequence read it sorted by card and the server's order,
-    # sorted here once (else the plan sorts each rule's rows again), and in parts of cards
-    # (each card wholly in one part: exact) so that a history past memory is never sorted
-    # whole; the sale-then-elsewhere rule, which matches each card's sales, in the same parts.
-    # A scanned history's parts are written once to temporary Parquet files (one read of the
+    rules = _Rules(cross_store_minutes, max_redeems_per_hour, cycle_hours, min_cycles, cycle_ratio)
+    # The rules find flags on narrow frames; the flagged rows are then looked up in the full
+    # one (so no sort ever moves the other columns). They read a card's transactions sorted
+    # by card and the server's order, once for all rules, and in parts of cards (each card
+    # wholly in one part: exact) so that a history past memory is never sorted whole. A
+    # scanned history's parts are written once to temporary Parquet files (one read of the
     # history, not one per part); a frame in memory is cut by filters, each a pass over
     # memory (at 10M rows, 2.6 s faster than writing the parts).
     in_memory = isinstance(txs, pl.DataFrame)
+    narrow = full.select(*_RULE_COLUMNS).with_columns(_HASHED_CARD.alias("card_hash"))
     rows = full.select(pl.len()).collect(engine=ENGINE).item()
     parts = max(
         1, -(-rows // (_SEQUENCE_PART_ROWS_IN_MEMORY if in_memory else _SEQUENCE_PART_ROWS))
     )
-    unordered = full.select("row", _CARD, "type", "at", "store_id")
-
-    def cross(part: pl.LazyFrame) -> pl.LazyFrame:
-        sales = part.filter(_of_type("sale")).select(
-            "card", pl.col("store_id").alias("sale_store"), pl.col("at").alias("sold_at")
-        )
-        found = (part.filter(_of_type("redeem")).join(sales, on="card", how="inner")).filter(
-            (pl.col("store_id") != pl.col("sale_store"))
-            & (pl.col("at") >= pl.col("sold_at"))
-            & (pl.col("at") - pl.col("sold_at") <= pl.duration(minutes=cross_store_minutes))
-        )
-        return _flag(found, "redeemed at another store soon after sale")
-
-    if parts == 1:
-        found = [cross(unordered), rules.flags(narrow, lean=in_memory).lazy()]
-    else:
-        found = []
-        both = full.select("row", _CARD, "type", "at", "position", amount, "store_id")
-        written: contextlib.AbstractContextManager[str | None] = (
-            contextlib.nullcontext()
-            if in_memory
-            else tempfile.TemporaryDirectory(prefix="giftcard-anomalies-")
-        )
-        with written as folder:
-            for part in _in_parts(both, parts, folder):
-                part_narrow = part.select(narrow.collect_schema().names())
-                found.append(rules.flags(part_narrow, lean=in_memory).lazy())
-                cross_flags = cross(part.select(unordered.collect_schema().names()))
-                found.append(cross_flags.collect(engine=ENGINE).lazy())
-    flags = pl.concat(found)
+    if in_memory and parts > 1:
+        # Each part's filter reads the card's hash, computed once (8 bytes a row), not
+        # again from the text for every part.
+        hashes = narrow.select("card_hash").collect(engine=ENGINE).to_series()
+        narrow = full.with_columns(hashes).select(*_RULE_COLUMNS, "card_hash")
+    written: contextlib.AbstractContextManager[str | None] = (
+        contextlib.nullcontext()
+        if in_memory or parts == 1
+        else tempfile.TemporaryDirectory(prefix="giftcard-anomalies-")
+    )
+    with written as folder:
+        found = [
+            rules.flags(part, lean=in_memory).lazy()
+            for part in _in_parts(narrow, parts, folder, by=pl.col("card_hash").fill_null(0))
+        ]
     return (
-        _within(flags.join(full, on="row", how="inner"), chosen, window)
+        _within(pl.concat(found).join(full, on="row", how="inner"), chosen, window)
         .select(*columns, "reason")
         .sort("at", "host_ref", "reason")
         .collect(engine=ENGINE)
