@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -1252,7 +1252,7 @@ class _Rules:
         # Lean, the part is still read by the streaming engine, then sorted: the in-memory
         # engine reading a part of a 10M-row frame took 0.44 GB more, the streaming 0.13.
         unsorted = part.collect(engine=ENGINE).lazy() if lean else part
-        engine = "in-memory" if lean else ENGINE
+        engine: Literal["in-memory", "streaming"] = "in-memory" if lean else ENGINE
         ordered = pl.DataFrame()
         for card in ("card_hash", "card"):
             ordered = (
