@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Callable
+from contextvars import ContextVar
 from datetime import date
 from pathlib import Path
 
@@ -118,11 +119,12 @@ def test_in_parts_of_cards_over_a_scanned_dataset(monkeypatch, tmp_path):
         assert parted.equals(CALLS[name](loaded)), name
 
 
-# The measures that join each transaction to its card's row (its home store, its sale).
-JOINING: dict[str, Callable[[pl.DataFrame | pl.LazyFrame], pl.DataFrame]] = {
-    "liability by store": CALLS["liability by store"],
-    "redemption curve": CALLS["redemption curve"],
-    "redemption curve of a store, a window": CALLS["redemption curve of a store, a window"],
+# Every measure that groups transactions by card: those that join each transaction back to
+# its card's row (its home store, its sale), and those that only add the cards up.
+BY_CARD: dict[str, Callable[[pl.DataFrame | pl.LazyFrame], pl.DataFrame]] = {
+    **CALLS,
+    "cards": lambda t: analytics.cards(t),
+    "cards of some stores": lambda t: analytics.cards(t, stores=["Store 2", "Store 3"]),
     "cross store": lambda t: analytics.cross_store(t),
     "journal, remote breakage": lambda t: accounting.journal(t, breakage="remote"),
 }
@@ -136,20 +138,28 @@ def _colliding_hash(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_held_cards_are_keyed_by_their_hash_only_when_no_two_share_one(monkeypatch, history):
+def test_cards_are_grouped_by_their_hash_unless_two_share_one(monkeypatch, history):
     cards = analytics._card_rows(analytics._read(history, None), "sold_at")
     assert analytics._held(cards).collect_schema()["_card_key"] == pl.UInt64
     _colliding_hash(monkeypatch)
+    cards = analytics._card_rows(analytics._read(history, None), "sold_at")
+    with pytest.raises(analytics._SharedHash):
+        analytics._held(cards)
+    monkeypatch.setattr(analytics, "_CARDS_BY_TEXT", ContextVar("by_text", default=True))
+    cards = analytics._card_rows(analytics._read(history, None), "sold_at")
     assert analytics._held(cards).collect_schema()["_card_key"] == pl.String
 
 
-@pytest.mark.parametrize("name", list(JOINING))
-def test_cards_whose_hashes_collide_are_joined_on_the_card_itself(monkeypatch, history, name):
-    """Joined on a shared hash, a card's transactions would count at other cards' home
-    stores and sales: the answer must be the one joined on the card."""
-    hashed, hashed_warnings = _answers(lambda: JOINING[name](history))
+@pytest.mark.parametrize("name", list(BY_CARD))
+def test_cards_that_share_a_hash_are_never_taken_for_one(monkeypatch, history, name):
+    """Grouped by a shared hash, several cards would be one (one home, one sale, one
+    balance), and their transactions would join to it: the answer, and its warnings, must
+    be those of the cards grouped by their text, in one part or several."""
+    hashed, hashed_warnings = _answers(lambda: BY_CARD[name](history))
     _colliding_hash(monkeypatch)
-    texts, text_warnings = _answers(lambda: JOINING[name](history))
+    texts, text_warnings = _answers(lambda: BY_CARD[name](history))
     assert hashed.height > 0
     assert texts.equals(hashed)
     assert text_warnings == hashed_warnings
+    monkeypatch.setattr(analytics, "_CARD_PART_ROWS_IN_MEMORY", -(-history.height // 3))
+    assert BY_CARD[name](history).equals(hashed)

@@ -46,6 +46,7 @@ from giftcard_toolkit.analysis.analytics import (
     _card_rows,
     _check_every,
     _chosen,
+    _exact_cards,
     _held,
     _joined,
     _period_of,
@@ -399,6 +400,7 @@ def _rate_row(
 # ---------------------------------------------------------------------- journal
 
 
+@_exact_cards
 def journal(
     txs: Frame,
     every: str = "1mo",
