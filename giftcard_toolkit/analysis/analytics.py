@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
@@ -63,8 +63,8 @@ PERIODS: Final = ("1d", "1w", "1mo", "1q", "1y")
 # memory stays flat as the data grows; an eager frame gives the very same answer.
 ENGINE: Final = "streaming"
 
-# A card: its reference, else its last four digits. Grouped as the string it is: turning
-# millions of them into categorical codes first costs more than the grouping saves.
+# A card: its reference, else its last four digits. Grouped by its hash (see ``_card_rows``):
+# turning millions of them into categorical codes first costs more than the grouping saves.
 _CARD = pl.coalesce("card_ref", "card_last4").alias("card")
 _SIGNED = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
 # The server's order of a card's transactions: time, then place in the batch (``position``),
@@ -1297,38 +1297,38 @@ class _Rules:
         """``part`` sorted by card, then the server's order, each card's run of rows
         numbered (``card_run``), so that the rules compare and group numbers, not text.
 
-        Sorted by the card's 64-bit hash, half the time of sorting its text (2M rows:
-        0.27 against 0.58 s); exact while no two of the part's cards share a hash, which
-        the sorted rows show (a new card with its predecessor's hash): then sorted by the
-        card itself. A missing card is a run of its own row, as a null card equals none.
+        Sorted by the card's 64-bit hash (``card_hash``), half the time of sorting its text
+        (2M rows: 0.27 against 0.58 s), with the second hash of ``_card_rows`` beside it
+        (``card_check``): a run whose rows differ in it holds two cards that share the
+        first, and raises ``_SharedHash`` (the rules are then done again by the cards'
+        text, ``card``). A missing card is a run of its own row, as a null card equals none.
         """
-        new_card = (pl.col("card") != pl.col("card").shift(1)).fill_null(True)
+        card = pl.col("card" if _CARDS_BY_TEXT.get() else "card_hash")
+        new_card = (card != card.shift(1)).fill_null(True)
         # Lean, the part is still read by the streaming engine, then sorted: the in-memory
         # engine reading a part of a 10M-row frame took 0.44 GB more, the streaming 0.13.
         unsorted = part.collect(engine=ENGINE).lazy() if lean else part
-        engine: Literal["in-memory", "streaming"] = "in-memory" if lean else ENGINE
-        ordered = pl.DataFrame()
-        for card in ("card_hash", "card"):
-            ordered = (
-                unsorted.sort(card, "at", "position", "row")
-                .with_columns(new_card.alias("new_card"))
-                .collect(engine=engine)
-            )
-            shared = pl.col("new_card") & (pl.col("card_hash") == pl.col("card_hash").shift(1))
-            if not ordered.select(shared.any()).item():
-                break
+        ordered = (
+            unsorted.sort(card, "at", "position", "row")
+            .with_columns(new_card.alias("new_card"))
+            .collect(engine="in-memory" if lean else ENGINE)
+        )
+        if "card_check" in ordered.columns:
+            check = pl.col("card_check")
+            if ordered.select((~pl.col("new_card") & (check != check.shift(1))).any()).item():
+                raise _SharedHash
         return ordered.select(
-            pl.exclude("card", "card_hash", "new_card"),
+            pl.exclude("card", "card_hash", "card_check", "new_card"),
             pl.col("new_card").cum_sum().alias("card_run"),
         )
 
 
 # What the anomaly rules read of each transaction: the amount as the float the cycling rule
-# compares (half the bytes of the decimal); and (``card_hash``) the card's hash, by which
-# they cut the cards into parts and sort each part.
+# compares (half the bytes of the decimal); the card's hash (``card_hash``), by which they cut
+# the cards into parts and sort each part, and its second hash (``card_check``) or, when two
+# cards share a hash, its text (``card``).
 _RULE_COLUMNS = (
     "row",
-    _CARD,
     "type",
     "at",
     "position",
@@ -1337,6 +1337,20 @@ _RULE_COLUMNS = (
 )
 
 
+def _rule_columns(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """``lf``'s columns that the anomaly rules read (``card_hash`` given, or found here)."""
+    with_card = lf.with_columns(_CARD)
+    hashed = (
+        with_card
+        if "card_hash" in lf.collect_schema()
+        else with_card.with_columns(_HASHED_CARD.alias("card_hash"))
+    )
+    if _CARDS_BY_TEXT.get():
+        return hashed.select(*_RULE_COLUMNS, "card_hash", "card")
+    return hashed.select(*_RULE_COLUMNS, "card_hash", _CHECK.alias("card_check"))
+
+
+@_exact_cards
 def anomalies(
     txs: Frame,
     *,
@@ -1376,7 +1390,7 @@ def anomalies(
     # history, not one per part); a frame in memory is cut by filters, each a pass over
     # memory (at 10M rows, 2.6 s faster than writing the parts).
     in_memory = isinstance(txs, pl.DataFrame)
-    narrow = full.select(*_RULE_COLUMNS).with_columns(_HASHED_CARD.alias("card_hash"))
+    narrow = _rule_columns(full)
     rows = full.select(pl.len()).collect(engine=ENGINE).item()
     parts = max(
         1, -(-rows // (_SEQUENCE_PART_ROWS_IN_MEMORY if in_memory else _SEQUENCE_PART_ROWS))
@@ -1385,7 +1399,7 @@ def anomalies(
         # Each part's filter reads the card's hash, computed once (8 bytes a row), not
         # again from the text for every part.
         hashes = narrow.select("card_hash").collect(engine=ENGINE).to_series()
-        narrow = full.with_columns(hashes).select(*_RULE_COLUMNS, "card_hash")
+        narrow = _rule_columns(full.with_columns(hashes))
     written: contextlib.AbstractContextManager[str | None] = (
         contextlib.nullcontext()
         if in_memory or parts == 1
