@@ -2,7 +2,7 @@
 
     python tests/benchmark/bench_dataset.py [--stores 50] [--days 365] [--rows 10000000 ...]
                                             [--chunk 10000000] [--no-sync] [--data DIR]
-                                            [--only NAME ...] [--chain-db FILE]
+                                            [--only NAME ...] [--chain-db FILE] [--duckdb]
 
 1. Sync of a chain's history (``serve --seed chain``, a server in its own process, by
    default 50 stores and 365 days) with ``frames.sync`` (stores concurrently) beside a
@@ -14,7 +14,8 @@
    the whole analytics suite over ``frames.scan`` of it, in a fresh process with its peak RSS.
    With ``--data DIR`` each dataset is kept in ``DIR/rows-N`` and reused by later runs (written
    only when that folder holds none), rather than written anew into a temporary folder;
-   ``--only`` runs just the analyses named (e.g. ``--only liability breakage``).
+   ``--only`` runs just the analyses named (e.g. ``--only liability breakage``); ``--duckdb``
+   runs the same suite written by hand in DuckDB SQL over the same files, in its own process.
 
 Each measurement of 2. runs in its own process, so its peak RSS is its own.
 """
@@ -109,9 +110,38 @@ def analytics_over_dataset(path: str, only: list[str] | None = None) -> Clock:
     return clock
 
 
-def measure(path: str, only: list[str] | None = None) -> dict[str, object]:
+def duckdb_over_dataset(path: str, only: list[str] | None = None) -> Clock:
+    """The same suite in DuckDB SQL written by hand (``duckdb_analytics``), each query
+    reading the dataset's files as DuckDB reads a Hive dataset."""
+    from duckdb_analytics import connect, duckdb_calls
+
+    def files(kind: str) -> str:
+        glob = (Path(path) / kind / "**" / "*.parquet").as_posix()
+        return (
+            f"(SELECT * EXCLUDE (month) FROM read_parquet('{glob}', hive_partitioning = true, "
+            "hive_types = {'store_id': VARCHAR, 'month': VARCHAR}))"
+            if kind == "transactions"
+            else f"read_parquet('{glob}', hive_partitioning = true, "
+            "hive_types = {'store_id': VARCHAR})"
+        )
+
+    clock = Clock()
+    con = connect()
+    txs, batches = files("transactions"), files("batches")
+    as_of = con.sql(f'SELECT max("at") FROM {txs}').fetchall()[0][0]
+    clock.lap("read")
+    for name, call in duckdb_calls(con, txs, batches, as_of.isoformat()).items():
+        if only and name not in only:
+            continue
+        call()
+        clock.lap(name)
+    return clock
+
+
+def measure(path: str, only: list[str] | None = None, engine: str = "toolkit") -> dict[str, object]:
     started = time.perf_counter()
-    clock = analytics_over_dataset(path, only)
+    suite = duckdb_over_dataset if engine == "duckdb" else analytics_over_dataset
+    clock = suite(path, only)
     seconds = time.perf_counter() - started
     peak = max(clock.peaks.values())
     return {"seconds": seconds, "steps": clock.seconds, "peaks": clock.peaks, "peak_mb": peak}
@@ -201,10 +231,14 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="+", metavar="NAME", help="just these analyses (e.g. liability)"
     )
+    parser.add_argument(
+        "--duckdb", action="store_true", help="also the suite in DuckDB SQL over the same files"
+    )
     parser.add_argument("--measure", help=argparse.SUPPRESS)
+    parser.add_argument("--engine", default="toolkit", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.only)))
+        print(json.dumps(measure(args.measure, args.only, args.engine)))
         return
     with tempfile.TemporaryDirectory(prefix="giftcard-bench-") as name:
         tmp = Path(name)
@@ -219,23 +253,38 @@ def main() -> None:
                 write_dataset(path, rows, chunk=args.chunk)
                 made_by = f"written in {time.perf_counter() - started:.0f} s"
             only = ["--only", *args.only] if args.only else []
-            out = subprocess.run(
-                [sys.executable, str(HERE), "--measure", str(path), *only],
-                check=True,
-                capture_output=True,
-                text=True,
-            ).stdout
-            result = json.loads(out.strip().splitlines()[-1])
-            print(
-                f"analytics suite over the dataset, {rows:,} transactions ({made_by}): "
-                f"{result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
-                " ("
-                + ", ".join(
-                    f"{k} {v:.2f} s {result['peaks'][k]:,.0f} MB"
-                    for k, v in result["steps"].items()
+            results = {}
+            for engine in ("toolkit", "duckdb") if args.duckdb else ("toolkit",):
+                out = subprocess.run(
+                    [sys.executable, str(HERE), "--measure", str(path), "--engine", engine, *only],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                results[engine] = result = json.loads(out.strip().splitlines()[-1])
+                print(
+                    f"analytics suite over the dataset ({engine}), {rows:,} transactions "
+                    f"({made_by}): {result['seconds']:.2f} s, peak RSS {result['peak_mb']:,.0f} MB"
+                    " ("
+                    + ", ".join(
+                        f"{k} {v:.2f} s {result['peaks'][k]:,.0f} MB"
+                        for k, v in result["steps"].items()
+                    )
+                    + ")",
+                    flush=True,
                 )
-                + ")"
-            )
+            if args.duckdb:
+                ours, theirs = results["toolkit"], results["duckdb"]
+                print(
+                    "  toolkit / DuckDB: "
+                    + ", ".join(
+                        f"{k} {v / theirs['steps'][k]:.2f}x"
+                        for k, v in ours["steps"].items()
+                        if k != "read"
+                    )
+                    + f"; total {ours['seconds'] / theirs['seconds']:.2f}x, "
+                    f"peak {ours['peak_mb'] / theirs['peak_mb']:.2f}x"
+                )
     print("aims: sync >= 2x fetch; re-sync <= 2 s; analytics at 100M rows <= 3 GB peak")
 
 
