@@ -1238,7 +1238,7 @@ class _Rules:
 
     def flags(self, part: pl.LazyFrame, lean: bool = False) -> pl.DataFrame:
         """The (``row``, ``reason``) flags of these transactions (whole cards; the columns
-        of ``_RULE_COLUMNS``); ``lean``: sorted by the in-memory engine, whose sort takes
+        of ``_rule_columns``); ``lean``: sorted by the in-memory engine, whose sort takes
         less than half the streaming one's memory (2M rows: 0.17 against 0.39 GB) for a
         little more time: worth it beside a frame held in memory."""
         ordered = self._ordered(part, lean).lazy()
@@ -1298,10 +1298,11 @@ class _Rules:
         numbered (``card_run``), so that the rules compare and group numbers, not text.
 
         Sorted by the card's 64-bit hash (``card_hash``), half the time of sorting its text
-        (2M rows: 0.27 against 0.58 s), with the second hash of ``_card_rows`` beside it
-        (``card_check``): a run whose rows differ in it holds two cards that share the
-        first, and raises ``_SharedHash`` (the rules are then done again by the cards'
-        text, ``card``). A missing card is a run of its own row, as a null card equals none.
+        (2M rows: 0.27 against 0.58 s), beside its second hash (``card_check``: ``_CHECK``,
+        as ``_card_rows`` uses it): a run whose rows differ in it holds two cards that
+        share the first, and raises ``_SharedHash`` (the rules are then done again by the
+        cards' text, ``card``). A missing card is a run of its own row, as a null card
+        equals none.
         """
         card = pl.col("card" if _CARDS_BY_TEXT.get() else "card_hash")
         new_card = (card != card.shift(1)).fill_null(True)
