@@ -537,8 +537,9 @@ def _in_parts(
     """``lf`` (with its ``card``) as ``parts`` frames of whole cards, by a hash of the card:
     each part a filter of ``lf`` (read again for each part), or, given a ``folder``, its
     own Parquet files there, written in one read of ``lf`` (worth it when the parts are
-    many: each then reads its own rows only). ``by``: the card's hash, if ``lf`` has it."""
-    part_of = (pl.col("card").hash() if by is None else by) % parts
+    many: each then reads its own rows only). ``by``: the card's hash, if ``lf`` has it
+    (else found from ``card``; a missing card's rows go to the first part)."""
+    part_of = (_HASHED_CARD.fill_null(0) if by is None else by) % parts
     if parts == 1:
         return [lf]
     if folder is None:
@@ -589,11 +590,12 @@ def _held(per_card: pl.LazyFrame) -> pl.LazyFrame:
     between outputs only when their columns agree, and here they never do: the join needs
     a card's sale, the counts its gap). One row a card is little beside the transactions.
     Raises ``_SharedHash`` (the measure is then done again by the cards' text) when two of
-    the cards share a hash, before anything is joined or filtered."""
+    the cards share a hash, before anything is joined or filtered; ``_shared`` stays (all
+    false), so that a measure adds up held cards as it adds up any others."""
     held = per_card.collect(engine=ENGINE)
     if held["_shared"].any():
         raise _SharedHash
-    return held.drop("_shared").lazy()
+    return held.lazy()
 
 
 def _card_key(cards: pl.LazyFrame) -> pl.Expr:
@@ -850,8 +852,7 @@ def liability(
             )
         opening = per_card.group_by("home_store_id", "home_store_name").agg(
             _money_sum(pl.col("opening_balance")).alias("opening"),
-            pl.col("gap", "part_way").sum(),
-            *([] if homes else [pl.col("_shared").sum()]),
+            pl.col("gap", "part_way", "_shared").sum(),
         )
         if not homes:
             return [opening]
