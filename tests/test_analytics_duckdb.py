@@ -135,3 +135,17 @@ def test_the_comparison_sees_a_cent():
     off = day.with_columns(pl.lit(Decimal("1.01")).cast(frames.MONEY).alias("net"))
     assert "daily summary" in sql.differences({"daily summary": day}, {"daily summary": off})
     assert sql.differences({"daily summary": day}, {"daily summary": day}) == {}
+
+
+def test_duckdb_over_a_dataset_answers_what_the_toolkit_does_over_its_scan(con, tmp_path):
+    """``bench_dataset.py --duckdb`` times DuckDB over the dataset's own Hive files beside
+    the toolkit over ``frames.scan``: both must be the same answers to the cent first."""
+    from bench_dataset import hive_sql, write_dataset
+
+    path = write_dataset(tmp_path / "dataset", 20_000, chunk=10_000)
+    batches, txs = frames.scan(path)
+    as_of = txs.select(pl.col("at").max()).collect().item()
+    ours = sql.answers(sql.toolkit_calls(txs, batches, as_of))
+    theirs = sql.answers(sql.duckdb_calls(con, *hive_sql(path), as_of.isoformat()))
+    assert sql.differences(ours, theirs) == {}
+    assert ours["liability"].height > 0 and ours["reconciliation"].height > 0

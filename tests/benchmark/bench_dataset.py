@@ -36,7 +36,7 @@ import polars as pl
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
 
-from bench_frames import Clock, batches_of, synthetic_transactions  # noqa: E402
+from bench_frames import Clock, batches_of, duckdb_suite, synthetic_transactions  # noqa: E402
 
 
 def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 365) -> Path:
@@ -110,32 +110,28 @@ def analytics_over_dataset(path: str, only: list[str] | None = None) -> Clock:
     return clock
 
 
-def duckdb_over_dataset(path: str, only: list[str] | None = None) -> Clock:
-    """The same suite in DuckDB SQL written by hand (``duckdb_analytics``), each query
-    reading the dataset's files as DuckDB reads a Hive dataset."""
-    from duckdb_analytics import connect, duckdb_calls
+def hive_sql(path: str | Path) -> tuple[str, str]:
+    """SQL that reads the dataset's transactions and batches as DuckDB reads a Hive dataset
+    (``store_id``, and ``month``, from the folder names), in the frames' columns."""
+    from giftcard_toolkit import frames
 
-    def files(kind: str) -> str:
+    def files(kind: str, schema: pl.Schema, types: str) -> str:
         glob = (Path(path) / kind / "**" / "*.parquet").as_posix()
+        columns = ", ".join(f'"{name}"' for name in schema)
         return (
-            f"(SELECT * EXCLUDE (month) FROM read_parquet('{glob}', hive_partitioning = true, "
-            "hive_types = {'store_id': VARCHAR, 'month': VARCHAR}))"
-            if kind == "transactions"
-            else f"read_parquet('{glob}', hive_partitioning = true, "
-            "hive_types = {'store_id': VARCHAR})"
+            f"(SELECT {columns} FROM read_parquet('{glob}', hive_partitioning = true, "
+            f"hive_types = {{{types}}}))"
         )
 
-    clock = Clock()
-    con = connect()
-    txs, batches = files("transactions"), files("batches")
-    as_of = con.sql(f'SELECT max("at") FROM {txs}').fetchall()[0][0]
-    clock.lap("read")
-    for name, call in duckdb_calls(con, txs, batches, as_of.isoformat()).items():
-        if only and name not in only:
-            continue
-        call()
-        clock.lap(name)
-    return clock
+    return (
+        files("transactions", frames.TRANSACTION_SCHEMA, "'store_id': VARCHAR, 'month': VARCHAR"),
+        files("batches", frames.BATCH_SCHEMA, "'store_id': VARCHAR"),
+    )
+
+
+def duckdb_over_dataset(path: str, only: list[str] | None = None) -> Clock:
+    """The same suite in DuckDB SQL written by hand over the dataset's own files."""
+    return duckdb_suite(*hive_sql(path), only)
 
 
 def measure(path: str, only: list[str] | None = None, engine: str = "toolkit") -> dict[str, object]:
