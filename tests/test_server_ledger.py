@@ -97,3 +97,4 @@ def test_operations_in_one_transaction_leave_no_savepoint_open(demo):
         assert json.loads(declined)["statuscode"] == "100005"
         with pytest.raises(Exception, match="(?i)savepoint"):
             conn.execute("RELEASE operation")  # none left open by the operations
+            conn.execute("SELECT 1")  # on PostgreSQL the RELEASE is sent with the next one

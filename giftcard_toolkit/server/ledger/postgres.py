@@ -138,8 +138,19 @@ class _Cursor:
         return iter(self._rows)
 
 
+# Statements whose answer nobody reads (a transaction's start and table locks, savepoints):
+# held back and sent together with the next statement that is read, in one round trip.
+_SENT_WITH_NEXT = ("BEGIN", "LOCK TABLE", "SAVEPOINT", "RELEASE", "ROLLBACK TO")
+
+
 class PgConnection:
     """One psycopg connection as the rules use a SQLite one: ``execute`` with ``?``.
+
+    Statements that answer nothing the rules read (``BEGIN``, ``LOCK TABLE``, ``SAVEPOINT``,
+    ``RELEASE``, ``ROLLBACK TO``: no parameters) are held back and sent in one pipeline with
+    the next statement, or with the ``COMMIT``: a keyed redeem makes eight round trips to
+    the database instead of twelve. An error in any of them is raised by that next
+    statement, as PostgreSQL answered it, and the transaction is then rolled back whole.
 
     A connection the database dropped while it was idle (a restart, a failover, an idle
     timeout) is replaced, and the statement sent again, when that statement began nothing
@@ -151,20 +162,62 @@ class PgConnection:
     def __init__(self, raw: Any, reopen: Callable[[], Any]) -> None:
         self.raw = raw
         self._reopen = reopen
+        self._held: list[str] = []  # statements to send with the next one
 
     def _execute(self, sql: str, parameters: Sequence[Any]) -> _Cursor:
-        cursor = self.raw.execute(_sql(sql), tuple(parameters))
+        if self._held:
+            cursor = self._pipelined(sql, parameters)
+        else:
+            cursor = self.raw.execute(_sql(sql), tuple(parameters))
         rows = cursor.fetchall() if cursor.description else []
         return _Cursor(rows, cursor.rowcount)
 
+    def _pipelined(self, sql: str, parameters: Sequence[Any]) -> Any:
+        """The statements held back, then ``sql``, in one round trip; raises the first
+        error PostgreSQL answered (not the pipeline's own "aborted" after it)."""
+        held, self._held = self._held, []
+        first: psycopg.Error | None = None
+        try:
+            with self.raw.pipeline():
+                try:
+                    for statement in held:
+                        self.raw.execute(statement)
+                    cursor = self.raw.execute(_sql(sql), tuple(parameters))
+                except psycopg.Error as error:  # answered while sending: kept for below
+                    first = error
+        except psycopg.Error as error:
+            first = first or error
+        if first is not None:
+            if not self.usable:
+                self._held = held  # sent again on a new connection if nothing had begun
+            raise first
+        return cursor
+
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> _Cursor:
+        if not parameters and sql.startswith(_SENT_WITH_NEXT):
+            self._held.append(sql)
+            return _Cursor([], -1)
         return self._again_if_dropped(lambda: self._execute(sql, parameters))
 
     def begin_write(self, lock: str) -> None:
-        """``BEGIN`` a serializable transaction and take its table locks, in one round trip
-        (no parameters: one simple query; ``LOCK TABLE`` takes no snapshot)."""
-        statement = f"BEGIN ISOLATION LEVEL SERIALIZABLE; {lock}"
-        self._again_if_dropped(lambda: self.raw.execute(statement))
+        """``BEGIN`` a serializable transaction and take its table locks (sent with the
+        transaction's first statement; ``LOCK TABLE`` takes no snapshot)."""
+        self._held.extend(("BEGIN ISOLATION LEVEL SERIALIZABLE", lock))
+
+    def commit(self) -> None:
+        """``COMMIT``, with the statements held back; nothing at all if the transaction never
+        sent a statement (a read that read nothing)."""
+        if self.raw.info.transaction_status == _IDLE:
+            self._held.clear()
+            return
+        self._execute("COMMIT", ())
+
+    def rollback(self) -> None:
+        """Roll back whatever was sent, and forget what was held back."""
+        self._held.clear()
+        if self.usable and self.raw.info.transaction_status != _IDLE:
+            with suppress(psycopg.Error):
+                self.raw.execute("ROLLBACK")
 
     def _again_if_dropped(self, call: Callable[[], T]) -> T:
         idle = self.raw.info.transaction_status == _IDLE
@@ -181,6 +234,9 @@ class PgConnection:
         return call()
 
     def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> _Cursor:
+        for statement in self._held:  # rare (the seeds): sent one by one
+            self.raw.execute(statement)
+        self._held.clear()
         with self.raw.cursor() as cursor:
             cursor.executemany(_sql(sql), [tuple(p) for p in parameters])
             return _Cursor([], cursor.rowcount)
@@ -287,7 +343,7 @@ class PostgresStorage(MetaTable):
         try:
             yield conn
             try:
-                conn.raw.execute("COMMIT")
+                conn.commit()
             except psycopg.OperationalError as lost:
                 if conn.usable:
                     raise  # answered by the database (a conflict): not applied
@@ -295,9 +351,7 @@ class PostgresStorage(MetaTable):
                     f"the database connection was lost while this write was committed ({lost})"
                 ) from lost
         except BaseException:
-            if conn.usable and conn.raw.info.transaction_status != _IDLE:
-                with suppress(psycopg.Error):
-                    conn.raw.execute("ROLLBACK")
+            conn.rollback()
             raise
         finally:
             self._local.in_write = False
@@ -309,9 +363,11 @@ class PostgresStorage(MetaTable):
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         try:
             yield conn
-        finally:
-            if conn.usable:
-                conn.raw.execute("COMMIT")
+        except BaseException:
+            conn.rollback()
+            raise
+        if conn.usable:
+            conn.commit()
 
     def submit(self, write: Callable[[], T]) -> Future[T]:
         """Run ``write`` in one of the write threads, in its own transaction, again while it
