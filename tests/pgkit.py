@@ -22,7 +22,7 @@ _lock = threading.Lock()
 _server: dict[str, object] = {}
 
 
-def _pgserver() -> Any:
+def pgserver_module() -> Any:
     """The pgserver module, its lock files kept in a folder of this test process's own.
 
     pgserver keeps them in the user's runtime folder; without XDG_RUNTIME_DIR (CI, root)
@@ -60,7 +60,7 @@ def server_url() -> str:
             import atexit
 
             folder = Path(tempfile.mkdtemp(prefix="giftcard-pg-"))
-            server = _pgserver().get_server(folder, cleanup_mode="stop")
+            server = pgserver_module().get_server(folder, cleanup_mode="stop")
             _server.update(url=server.get_uri(), server=server, folder=folder)
 
             def stop() -> None:
@@ -94,7 +94,7 @@ def own_server() -> Iterator[Any]:
     starts it; stopped and deleted when the block ends."""
     require_postgres()
     folder = Path(tempfile.mkdtemp(prefix="giftcard-pg-own-"))
-    server = _pgserver().get_server(folder, cleanup_mode="stop")
+    server = pgserver_module().get_server(folder, cleanup_mode="stop")
     try:
         yield server
     finally:

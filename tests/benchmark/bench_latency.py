@@ -49,6 +49,7 @@ import httpx
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(1, str(HERE.parents[1]))  # the tests' pgkit, for --postgresql
 
 from bench_server import ensure_wrk  # noqa: E402
 
@@ -253,10 +254,10 @@ def main() -> None:
         log, stock = tmp / "server.log", tmp / "stock.csv"
         db, workers, postgres = str(tmp / "bench.sqlite"), 1, None
         if args.postgresql:
-            import pgserver
             import psycopg
+            from pgkit import pgserver_module  # its lock files in a folder it removes
 
-            postgres = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+            postgres = pgserver_module().get_server(tmp / "pgdata", cleanup_mode="stop")
             with psycopg.connect(postgres.get_uri(), autocommit=True) as conn:
                 conn.execute("CREATE DATABASE bench")
             db, workers = postgres.get_uri("bench"), args.workers

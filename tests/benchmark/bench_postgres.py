@@ -105,11 +105,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     args = parser.parse_args()
     ensure_wrk()
-    import pgserver
     import psycopg
+    from pgkit import pgserver_module  # its lock files in a folder it removes
 
     tmp = Path(tempfile.mkdtemp(prefix="giftcard-bench-pg-"))
-    server = pgserver.get_server(tmp / "pgdata", cleanup_mode="stop")
+    server = pgserver_module().get_server(tmp / "pgdata", cleanup_mode="stop")
     try:
 
         def database(name: str) -> str:
