@@ -464,7 +464,64 @@ def test_demo_new_analyses_give_the_same_answer_on_lazy_input(demo):
         assert call(txs.lazy()).equals(call(txs))
 
 
-def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order():
+def _order_type(txs: pl.DataFrame | pl.LazyFrame) -> pl.DataType:
+    """The type of the server's order the card-following measures take for ``txs``."""
+    return txs.lazy().select(analytics._order_columns(txs)).collect_schema()["order"]
+
+
+def test_the_same_answers_whatever_width_the_servers_order_takes(demo):
+    """A frame in memory of times from 2020 and positions under 8,192 is ordered in 64
+    bits; any other history, and any scan, in 128: the card-following measures answer the
+    same."""
+    _, txs, _ = demo
+    wide = txs.with_columns(pl.col("position") + 10_000)  # the same order, past 64 bits
+    older = txs.with_columns(pl.lit(datetime(2019, 12, 31, tzinfo=UTC)).alias("at"))
+    assert [_order_type(t) for t in (txs, wide, older, txs.lazy())] == [
+        pl.Int64,
+        pl.Int128,
+        pl.Int128,
+        pl.Int128,
+    ]
+    calls = [
+        lambda t: analytics.cards(t),
+        lambda t: analytics.liability(t, "1mo", by="store"),
+        lambda t: analytics.breakage(t, by="store"),
+        lambda t: analytics.redemption_curve(t, by="store"),
+        lambda t: analytics.cross_store(t),
+    ]
+    for call in calls:
+        assert call(wide).equals(call(txs))
+
+
+@pytest.mark.parametrize("offset", [0, 9_000], ids=["64-bit order", "128-bit order"])
+def test_time_comes_before_position_and_a_sale_before_any_earlier_transaction(offset):
+    """A card's last transaction is its latest in time, even one microsecond later with a
+    smaller place in its batch; its home is its sale, even one made after another
+    transaction elsewhere (one minute, one microsecond)."""
+    rows = _txs(
+        [
+            (A, "c0020", "sale", "50", "0", "50", "03-02 10:00"),
+            (A, "c0020", "redeem", "20", "50", "30", "03-02 10:00"),
+            (B, "c0021", "reload", "20", "0", "20", "03-02 09:00"),
+            (A, "c0021", "sale", "50", "20", "70", "03-02 09:01"),
+            (B, "c0022", "reload", "20", "0", "20", "03-02 09:00"),
+            (A, "c0022", "sale", "50", "20", "70", "03-02 09:00"),
+        ]
+    )
+    one_us = timedelta(microseconds=1)
+    txs = rows.with_columns(
+        pl.Series("position", [8_000, 0, 0, 0, 0, 8_000]) + offset,
+        pl.col("at") + pl.Series([0, 1, 0, 0, 0, 1]) * one_us,
+    )
+    assert _order_type(txs) == (pl.Int64 if offset == 0 else pl.Int128)
+    found = {r["card_ref"]: r for r in analytics.cards(txs).iter_rows(named=True)}
+    assert found["ref-c0020"]["balance"] == D("30"), "the redeem a microsecond later is last"
+    assert found["ref-c0020"]["opening_balance"] == D("0")
+    assert [found[f"ref-c002{i}"]["home_store_id"] for i in (1, 2)] == [A, A], "their sales"
+
+
+@pytest.mark.parametrize("offset", [0, 9_000], ids=["64-bit order", "128-bit order"])
+def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order(offset):
     """Two transactions of a card at one instant (a server that rounds time) are taken in
     the order the server listed them (``position`` in the batch): the same first and last
     transaction, so the same answers, however the rows are shuffled."""
@@ -481,6 +538,8 @@ def test_ties_in_time_follow_the_servers_order_whatever_the_rows_order():
         ]
     )
     assert listed["position"].to_list() == [*range(8), 0], "place in its batch, as listed"
+    listed = listed.with_columns(pl.col("position") + offset)
+    assert _order_type(listed) == (pl.Int64 if offset == 0 else pl.Int128)
 
     def answers(txs: pl.DataFrame) -> list[pl.DataFrame]:
         return [
