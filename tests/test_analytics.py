@@ -644,7 +644,8 @@ def test_anomalies_the_same_whatever_the_cards_hashes(monkeypatch, card_hash):
     counts = cycling["card_last4"].value_counts().sort("card_last4").rows()
     assert counts == [("0003", 4), ("0021", 4), ("0022", 4)]
     monkeypatch.setattr(analytics, "_HASHED_CARD", _CARD_HASHES[card_hash])
-    assert analytics.anomalies(histories).equals(whole)
+    if card_hash != "polars":  # polars' own hash gave ``whole``: nothing to compare yet
+        assert analytics.anomalies(histories).equals(whole)
     monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS", 3)
     monkeypatch.setattr(analytics, "_SEQUENCE_PART_ROWS_IN_MEMORY", 3)
     assert analytics.anomalies(histories).equals(whole)
