@@ -23,6 +23,10 @@ from bench_frames import synthetic_transactions  # noqa: E402
 
 @pytest.fixture(scope="module")
 def history() -> pl.DataFrame:
+    return a_history()
+
+
+def a_history() -> pl.DataFrame:
     """A few thousand cards over four stores and a year, some without ``card_ref``
     (followed by their last four digits, so several merge)."""
     txs = synthetic_transactions(30_000, stores=4, days=365, seed=7)
@@ -109,7 +113,7 @@ def test_in_parts_of_cards_the_same_warnings_of_a_partial_history(monkeypatch, h
 def test_in_parts_of_cards_over_a_scanned_dataset(monkeypatch, tmp_path):
     """``frames.scan`` of a synced dataset (Hive Parquet, by store and month) read in parts
     gives what its loaded frame gives in one pass."""
-    path = write_dataset(tmp_path / "dataset", 40_000, chunk=20_000)
+    path = write_dataset(tmp_path / "dataset", 40_000, chunk=20_000, states=False)
     _, scanned = frames.scan(path)
     _, loaded = frames.load(path)
     monkeypatch.setattr(analytics, "_CARD_PART_ROWS", 9_000)

@@ -43,10 +43,10 @@ from giftcard_toolkit.analysis.analytics import (
     Stores,
     _bounds,
     _card_key,
-    _card_rows,
     _check_every,
     _chosen,
     _exact_cards,
+    _follow,
     _held,
     _joined,
     _period_of,
@@ -455,7 +455,8 @@ def journal(
     window = _window(tz, as_of=as_of)
     chosen = _chosen(txs, stores)
     lf = _read(txs, window.cut)
-    per_card = _held(_card_rows(lf, "home_store_id", "home_store_name", "opening_balance", "gap"))
+    follow = _follow(txs, window.cut)
+    per_card = _held(follow.rows(lf, "home_store_id", "home_store_name", "opening_balance", "gap"))
     moves = _joined(lf, per_card, "home_store_id")
     flows = moves.group_by("home_store_id", "store_id", _period_of(window, every), "type").agg(
         pl.col("amount").sum().cast(MONEY)

@@ -51,6 +51,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
+from giftcard_toolkit.analysis import cardstate
 from giftcard_toolkit.analysis.frames import MONEY, TIME
 
 Frame = pl.DataFrame | pl.LazyFrame
@@ -354,14 +355,37 @@ def _exact_cards(measure: _Measure) -> _Measure:
     return cast(_Measure, exactly)
 
 
-def _card_rows(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
+# ``_card_rows``' aggregates, read from a card's state (``cardstate.STATE_SCHEMA``). The
+# stores a card was used at do not add up over parts of its history: it has none.
+_FROM_STATE: dict[str, pl.Expr] = {
+    "card_ref": pl.col("card_ref"),
+    "card_last4": pl.col("card_last4"),
+    "home_store_id": pl.col("home_store_id"),
+    "home_store_name": pl.col("home_store_name"),
+    "_home_amount": pl.col("home_amount"),
+    "_sold": pl.col("home_sale"),
+    "sold_at": pl.when(pl.col("home_sale")).then(pl.col("home_at")),
+    "loaded": pl.col("loaded"),
+    "redeemed": pl.col("redeemed"),
+    "balance": pl.col("balance"),
+    "last_used": pl.col("last_at"),
+    "transactions": pl.col("transactions"),
+    "opening_balance": pl.col("opening_balance"),
+    "_moved": pl.col("moved"),
+}
+
+
+def _card_rows(lf: pl.LazyFrame, *names: str, states: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Per card (``_CARD_KEY``), the columns ``names`` of :func:`cards` (and ``gap``,
     ``part_way``), and ``_shared`` (two cards share this key: to be added up by the
     measure and given to ``_warn_partial``, or held by ``_held``). Only what they need is
     aggregated, and only with plain aggregations (a first or last picked by
     ``min_by``/``max_by`` of the server's order, sums, counts: no sort of the whole
     frame); what is derived from those comes after the grouping, on one row a card, which
-    keeps polars on its fast grouping path."""
+    keeps polars on its fast grouping path.
+
+    Given the cards' ``states`` (``cardstate``: one row a card, kept with a dataset), the
+    same columns are read from them, and ``lf`` is not read at all."""
     order, home = pl.col("order"), pl.col("home_key")
     parts: dict[str, pl.Expr] = {
         "card_ref": pl.col("card_ref").first(),
@@ -400,13 +424,18 @@ def _card_rows(lf: pl.LazyFrame, *names: str) -> pl.LazyFrame:
     needed = dict.fromkeys(
         part for name in names for part in (derived[name][0] if name in derived else (name,))
     )
-    if _CARDS_BY_TEXT.get():
-        key, shared = pl.col("card").alias(_CARD_KEY), pl.lit(False)
+    by_text = _CARDS_BY_TEXT.get()
+    key = (pl.col("card") if by_text else _HASHED_CARD).alias(_CARD_KEY)
+    if states is not None:  # one row a card already: two share a key if it is repeated
+        shared = pl.lit(False) if by_text else _HASHED_CARD.is_duplicated()
+        grouped = states.select(
+            key, *(_FROM_STATE[name].alias(name) for name in needed), shared.alias("_shared")
+        )
     else:
-        key, shared = _HASHED_CARD.alias(_CARD_KEY), _CHECK.min() != _CHECK.max()
-    grouped = lf.group_by(key).agg(
-        *(parts[name].alias(name) for name in needed), shared.alias("_shared")
-    )
+        shared = pl.lit(False) if by_text else _CHECK.min() != _CHECK.max()
+        grouped = lf.group_by(key).agg(
+            *(parts[name].alias(name) for name in needed), shared.alias("_shared")
+        )
     return grouped.select(
         _CARD_KEY,
         *(derived[name][1].alias(name) if name in derived else pl.col(name) for name in names),
@@ -561,6 +590,35 @@ def _card_parts(txs: Frame) -> int:
     return max(1, -(-rows // _CARD_PART_ROWS))
 
 
+@dataclass(frozen=True)
+class _Follow:
+    """Where a card-following measure finds each card's row: grouped from the
+    transactions, read in ``parts`` parts of cards (see ``_card_parts``); or read from the
+    card ``states`` a dataset keeps (``cardstate``), in one part."""
+
+    parts: int
+    states: pl.LazyFrame | None = None
+
+    def rows(self, part: pl.LazyFrame, *names: str) -> pl.LazyFrame:
+        """``_card_rows`` of ``part`` (its transactions; unread with ``states``)."""
+        return _card_rows(part, *names, states=self.states)
+
+
+def _follow(txs: Frame, cut: datetime | None, *names: str) -> _Follow:
+    """How to follow the cards of ``txs`` known before ``cut``: by the states of its cards
+    when ``txs`` is a scan of a whole dataset that keeps them (``frames.scan(path)``),
+    ``cut`` leaves none of its transactions out and ``names`` are all known to them; else
+    by grouping its transactions. The two give the same rows."""
+    states = cardstate.attached(txs)
+    if states is None or "stores_used" in names:
+        return _Follow(_card_parts(txs))
+    if cut is not None:
+        last = states.select(pl.col("last_at").max()).collect(engine=ENGINE).item()
+        if last is not None and last >= cut:
+            return _Follow(_card_parts(txs))
+    return _Follow(1, states)
+
+
 def _in_parts(
     lf: pl.LazyFrame, parts: int, folder: str | None = None, by: pl.Expr | None = None
 ) -> list[pl.LazyFrame]:
@@ -688,7 +746,8 @@ def cards(
     lf = _read(txs, window.cut)
     chosen = _chosen(txs, stores)
     # Held (and so checked for cards sharing a hash) before any is left out.
-    rows = _held(_card_rows(lf, *_CARD_COLUMNS, "gap", "part_way")).drop(_CARD_KEY)
+    follow = _follow(txs, window.cut, *_CARD_COLUMNS)
+    rows = _held(follow.rows(lf, *_CARD_COLUMNS, "gap", "part_way")).drop(_CARD_KEY)
     if chosen is not None:
         rows = rows.filter(pl.col("home_store_id").is_in(chosen["store_id"].to_list()))
     found = rows.sort("home_store_id", "sold_at", "card_ref", "card_last4", nulls_last=True)
@@ -867,17 +926,18 @@ def liability(
     chosen = _chosen(txs, stores)
     change = _money_sum(pl.col("new_balance") - pl.col("previous_balance")).alias("change")
     homes = _homes_needed(chosen, by)
-    parts = _card_parts(txs)
+    follow = _follow(txs, window.cut)
+    parts = follow.parts
 
     def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
         """A part's opening balances per home store, and with ``homes`` its changes."""
         if homes:
-            per_card = _card_rows(
+            per_card = follow.rows(
                 part, "home_store_id", "home_store_name", "opening_balance", "gap", "part_way"
             )
             per_card = _held(per_card)
         else:
-            per_card = _card_rows(part, "opening_balance", "gap", "part_way").with_columns(
+            per_card = follow.rows(part, "opening_balance", "gap", "part_way").with_columns(
                 _as_home(chosen)
             )
         opening = per_card.group_by("home_store_id", "home_store_name").agg(
@@ -998,14 +1058,15 @@ def redemption_curve(
     if window.until is not None:
         in_window &= activated < window.until
     homes = _homes_needed(chosen, by)
-    parts = _card_parts(txs)
+    follow = _follow(txs, window.as_of)
+    parts = follow.parts
 
     def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
         """A part's loaded and redeemed per cohort and age, and its cohorts' cards."""
         if homes:
-            per_card = _card_rows(part, "home_store_id", "home_store_name", "sold_at", "gap")
+            per_card = follow.rows(part, "home_store_id", "home_store_name", "sold_at", "gap")
         else:  # the chain's total: a card's sale, not its home store
-            per_card = _card_rows(part, "sold_at", "gap").with_columns(_as_home(chosen))
+            per_card = follow.rows(part, "sold_at", "gap").with_columns(_as_home(chosen))
         per_card = (
             _held(per_card)
             .filter(in_window)
@@ -1130,7 +1191,8 @@ def breakage(
     window = _window(tz, as_of=as_of)
     lf = _read(txs, window.cut).select(*_FOLLOW_CARDS)
     chosen = _chosen(txs, stores)
-    parts = _card_parts(txs)
+    follow = _follow(txs, window.cut)
+    parts = follow.parts
     # Idle as at the end of ``as_of``, else as at the last transaction (of every card: found
     # first when the cards are read in parts).
     if window.as_of is not None:
@@ -1150,9 +1212,9 @@ def breakage(
     def per_part(part: pl.LazyFrame) -> list[pl.LazyFrame]:
         """A part's cards and balances per home store and bucket."""
         if homes:
-            per_card = _card_rows(part, "home_store_id", "home_store_name", *wanted)
+            per_card = follow.rows(part, "home_store_id", "home_store_name", *wanted)
         else:  # the chain's total: a card's balance and last use, not its home store
-            per_card = _card_rows(part, *wanted).with_columns(_as_home(chosen))
+            per_card = follow.rows(part, *wanted).with_columns(_as_home(chosen))
         per_store = (
             per_card.with_columns(bucket.cast(_BUCKET).alias("idle"), idle_days.alias("idle_days"))
             .group_by("home_store_id", "home_store_name", "idle")
@@ -1205,7 +1267,8 @@ def cross_store(
     window = _window(tz, since, until, as_of)
     lf = _read(txs, window.cut)
     chosen = _chosen(txs, stores)
-    homes = _held(_card_rows(lf, "home_store_id", "home_store_name", "gap", "part_way"))
+    follow = _follow(txs, window.cut)
+    homes = _held(follow.rows(lf, "home_store_id", "home_store_name", "gap", "part_way"))
     redeems = lf.filter(_of_type("redeem"))
     if window.since is not None:
         redeems = redeems.filter(pl.col("at") >= window.since)

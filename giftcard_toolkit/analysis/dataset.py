@@ -5,6 +5,7 @@
     manifest.json                                    what each store holds (schema version 2)
     batches/store_id=<id>/part-<gen>.parquet         the store's batches (frames.BATCH_SCHEMA)
     transactions/store_id=<id>/month=YYYY-MM/part-<gen>.parquet   its transactions, by month
+    cards/part-<gen>-<n>-<token>.parquet             each card's state (cardstate.STATE_SCHEMA)
 
 * **Incremental.** Each store's batches are listed first without their transactions
   (``includetransactions=false``, from the last stored batch's day on): a closed batch stored
@@ -23,6 +24,14 @@
   (``scan``) read only the manifest's files, so a sync stopped anywhere (an exception, Ctrl-C,
   lost answers, a full disk) leaves the last complete state readable, and the next sync
   removes what the stopped one left and completes it, with no duplicate rows.
+* **Each card's state.** ``cards/`` holds one row a card: its first and last transactions,
+  its home, its sums (``cardstate``), made from the transactions by the first sync and
+  topped up by each later one with the states of what it added (a merge: the history is not
+  read again). The manifest says which transaction files they describe; ``scan(path)`` of
+  the whole dataset hands them to the measures that follow cards, which then read 10M card
+  rows rather than group 100M transactions. States that describe other files (a sync
+  stopped before them, a dataset synced by an older toolkit) are not read, and the next
+  sync makes them again from the files.
 * **Other engines.** Outside a sync, the folders hold exactly the manifest's files: DuckDB
   (``read_parquet('transactions/**/*.parquet', hive_partitioning = true)``), pyarrow and Spark
   read them as they are. ``store_id`` (and ``month``) live in the folder names, not in the
@@ -54,6 +63,8 @@ import inspect
 import io
 import json
 import os
+import shutil
+import tempfile
 import threading
 import uuid
 import warnings
@@ -68,7 +79,7 @@ import polars as pl
 from tqdm.auto import tqdm
 
 from giftcard_toolkit import _protocol, errors, models
-from giftcard_toolkit.analysis import frames
+from giftcard_toolkit.analysis import cardstate, frames
 
 FORMAT = "giftcard_toolkit.dataset"
 SCHEMA_VERSION = 2
@@ -269,13 +280,34 @@ def _manifest_files(manifest: dict[str, Any]) -> set[str]:
         if entry.get("batches"):
             held.add(entry["batches"])
         held.update(entry.get("transactions", {}).values())
+    held.update(manifest.get("cards", {}).get("files", ()))
     return held
+
+
+def _transaction_files(manifest: dict[str, Any]) -> list[str]:
+    return [
+        relative
+        for entry in manifest["stores"].values()
+        for relative in entry.get("transactions", {}).values()
+    ]
+
+
+def _states_current(manifest: dict[str, Any]) -> bool:
+    """Whether the manifest's card states describe exactly its transactions (a dataset
+    with none needs none)."""
+    files = _transaction_files(manifest)
+    if not files:
+        return True
+    kept = manifest.get("cards") or {}
+    return bool(kept.get("covers") == cardstate.covers(files))
 
 
 def _remove_leftovers(root: Path, manifest: dict[str, Any]) -> None:
     """Remove what a stopped sync left: temporary files, and part files no manifest names."""
     held = _manifest_files(manifest)
-    for top in ("batches", "transactions"):
+    for building in (root / "cards").glob(f"{_BUILDING}*"):
+        shutil.rmtree(building, ignore_errors=True)
+    for top in ("batches", "transactions", "cards"):
         folder = root / top
         if not folder.is_dir():
             continue
@@ -613,9 +645,10 @@ def _write_store(
     entry: dict[str, Any] | None,
     generation: int,
     flusher: ThreadPoolExecutor,
-) -> tuple[dict[str, Any], StoreSync]:
+) -> tuple[dict[str, Any], StoreSync, pl.DataFrame | None]:
     """Write one store's new files (temporary names, renamed, flushed); its new manifest
-    entry."""
+    entry, and the transactions it adds to the dataset (None if it changed some it held:
+    see ``_added``)."""
     entry = dict(entry or {"batches": None, "transactions": {}})
     entry["store_name"] = plan.store_name
     entry["listed_since"] = plan.list_since
@@ -628,7 +661,7 @@ def _write_store(
         requests=plan.requests,
     )
     if plan.fetched is None:
-        return entry, report
+        return entry, report, _NO_TRANSACTIONS
     part = f"part-{generation:06d}.parquet"
     replaced = set(plan.new) | set(plan.refreshed)
     batches = pl.concat(
@@ -648,10 +681,12 @@ def _write_store(
     }
     parts: dict[str, pl.DataFrame] = {}
     rows = 0
+    dropped = [_NO_TRANSACTIONS]
     for month in sorted(months):
         fresh = by_month.get(month, _NO_TRANSACTIONS)
         if month in old_months:
             kept = _read_part(root, old_months[month], frames.TRANSACTION_SCHEMA, plan.store_id)
+            dropped.append(kept.filter(pl.col("batch_id").is_in(replaced)))
             kept = kept.filter(~pl.col("batch_id").is_in(replaced))
             fresh = pl.concat([kept, fresh])
         if fresh.is_empty():
@@ -676,7 +711,20 @@ def _write_store(
         rows_written=rows,
         files_written=len(parts),
     )
-    return entry, report
+    return entry, report, _added(plan.fetched.transactions, pl.concat(dropped))
+
+
+def _added(fetched: pl.DataFrame, dropped: pl.DataFrame) -> pl.DataFrame | None:
+    """What a store's write adds to the dataset's transactions: those ``fetched`` that
+    were not among the ``dropped`` (the stored rows of the batches fetched again). None
+    when some dropped row is not fetched again as it was (the server changed or withdrew
+    it): the card states cannot then be topped up, only made again."""
+    if dropped.is_empty():
+        return fetched
+    columns = list(frames.TRANSACTION_SCHEMA)
+    if not dropped.join(fetched, on=columns, how="anti", nulls_equal=True).is_empty():
+        return None
+    return fetched.join(dropped, on=columns, how="anti", nulls_equal=True)
 
 
 def _held(root: Path, entry: dict[str, Any] | None, store: str) -> pl.DataFrame:
@@ -695,6 +743,13 @@ class _Dataset:
         self.lock = threading.Lock()
         # Shared by the stores' commits, for the flushes of their files.
         self.flusher = ThreadPoolExecutor(max_workers=_FLUSHERS, thread_name_prefix="flush")
+        # The card states as the sync found them, and the states of what the stores'
+        # commits add (None once they cannot be topped up: made again at the end).
+        self.states_found: list[str] | None = (
+            list(manifest.get("cards", {}).get("files", ())) if _states_current(manifest) else None
+        )
+        self.added: list[pl.DataFrame] | None = [] if self.states_found is not None else None
+        self.added_rows = 0
 
     def entry(self, store: str) -> dict[str, Any] | None:
         with self.lock:
@@ -707,23 +762,153 @@ class _Dataset:
         own commit changes its entry)."""
         entry = self.entry(plan.store_id)
         try:
-            new_entry, report = _write_store(
+            new_entry, report, added = _write_store(
                 self.root, plan, held, entry, self.generation, self.flusher
             )
             if plan.fetched is None and entry is not None and entry == new_entry:
                 return report  # nothing new: nothing written
+            states = None
+            if added is not None and self.added is not None:
+                states = cardstate.of_transactions(added.lazy()).collect()
             with self.lock:
                 before = set(_manifest_files(self.manifest))
                 self.manifest["stores"][plan.store_id] = new_entry
                 self.manifest["generation"] = self.generation
                 _write_manifest(self.root, self.manifest)
                 gone = before - _manifest_files(self.manifest)
+                self._add_states(states)
             for relative in gone:
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / relative).unlink()
         except OSError as failed:
             raise _unwritable(self.root, failed) from failed
         return report
+
+    def _add_states(self, states: pl.DataFrame | None) -> None:
+        """Keep the states of what a store's commit added, for ``keep_states``; past
+        ``_ADDED_STATES_HELD`` rows, or with None (a store's stored rows changed), none are
+        kept and the states are made again from the files at the end."""
+        if self.added is None:
+            return
+        if states is None or self.added_rows + states.height > _ADDED_STATES_HELD:
+            self.added = None
+            return
+        self.added.append(states)
+        self.added_rows += states.height
+
+    def keep_states(self) -> None:
+        """Bring the card states (``cardstate``) to the transactions the manifest now names:
+        the states the sync found, with those of what its stores added merged in, or, when
+        those cannot be trusted or were too many, made again from every transaction file
+        (in parts of cards, so that memory stays that of one part). Written like the
+        stores' files, then named by the manifest, then the files they replace removed."""
+        files = _transaction_files(self.manifest)
+        if _states_current(self.manifest):
+            return
+        token = uuid.uuid4().hex[:8]
+        written: list[str] = []
+
+        def write(states: pl.DataFrame | pl.LazyFrame) -> None:
+            relative = f"cards/part-{self.generation:06d}-{len(written):03d}-{token}.parquet"
+            _write_states(self.root, relative, states)
+            written.append(relative)
+
+        try:
+            if self.states_found is not None and self.added is not None:
+                held = cardstate.scan_states(self.root / relative for relative in self.states_found)
+                added = pl.concat([pl.DataFrame(schema=cardstate.STATE_SCHEMA), *self.added])
+                write(cardstate.merged_into(held, added))
+            else:
+                txs = _scan_files([self.root / relative for relative in files], _STATE_READS)
+                with _card_parts(self.root, txs) as parts:
+                    for part in parts:
+                        # The in-memory engine: polars' streaming grouping holds several
+                        # times more for the firsts and lasts of this many columns.
+                        write(cardstate.of_transactions(part).collect(engine="in-memory"))
+            with self.lock:
+                before = set(_manifest_files(self.manifest))
+                self.manifest["cards"] = {"covers": cardstate.covers(files), "files": written}
+                _write_manifest(self.root, self.manifest)
+                gone = before - _manifest_files(self.manifest)
+        except OSError as failed:
+            raise _unwritable(self.root, failed) from failed
+        for relative in gone:
+            with contextlib.suppress(FileNotFoundError):
+                (self.root / relative).unlink()
+
+
+@contextlib.contextmanager
+def _card_parts(root: Path, txs: pl.LazyFrame) -> Iterator[list[pl.LazyFrame]]:
+    """``txs`` as parts of whole cards (by a hash of the card) of about
+    ``_STATE_PART_ROWS`` transactions each: written once to their own files in a folder of
+    the dataset's ``cards/`` (on the dataset's disk; removed after, or by the next sync),
+    so that each part is read alone."""
+    rows = txs.select(pl.len()).collect(engine="streaming").item()
+    count = -(-rows // _STATE_PART_ROWS)
+    if count <= 1:
+        yield [txs]
+        return
+    (root / "cards").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=_BUILDING, dir=root / "cards"))
+    try:
+        part_of = (cardstate.CARD.hash().fill_null(0) % count).alias("_part")
+        txs.with_columns(part_of).sink_parquet(
+            pl.PartitionBy(folder, key="_part", include_key=False),
+            compression="lz4",
+            mkdir=True,
+            engine="streaming",
+        )
+        yield [
+            pl.scan_parquet(files, hive_partitioning=False).select(*_STATE_READS)
+            if (files := sorted(Path(folder, f"_part={part}").glob("*.parquet")))
+            else pl.LazyFrame(schema=_STATE_READS)
+            for part in range(count)
+        ]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_states(root: Path, relative: str, states: pl.DataFrame | pl.LazyFrame) -> None:
+    """Write card states to ``relative`` as a store's parts are written: under a temporary
+    name, renamed, then the file and its folder flushed (and the dataset's folder, for a
+    new folder's name) before the manifest may name it."""
+    final = root / relative
+    new_folder = not final.parent.exists()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        if isinstance(states, pl.DataFrame):
+            states.write_parquet(temporary, compression="zstd")
+        else:
+            states.sink_parquet(temporary, compression="zstd", engine="streaming")
+        os.replace(temporary, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+    _fsync_file(final)
+    _fsync_dir(final.parent)
+    if new_folder:
+        _fsync_dir(root)
+
+
+def _keep_states(root: Path) -> None:
+    """Bring the card states of the dataset at ``root`` up to its transactions, outside a
+    sync (a dataset written by other means: the benchmarks' generator)."""
+    with _sync_lock(root):
+        found = _Dataset(root, _read_manifest(root))
+        with found.flusher:
+            found.keep_states()
+
+
+# The most card states of what a sync adds that it holds in memory to merge in at its end
+# (a day of a chain's sales touches far fewer cards); more, and the states are made again.
+_ADDED_STATES_HELD = 2_000_000
+# Card states are made from the files in parts of cards of this many transactions each
+# (about 2 GB at once).
+_STATE_PART_ROWS = 5_000_000
+_BUILDING = ".building-"  # the folder of a making of card states, in cards/
+_STATE_READS = pl.Schema({name: frames.TRANSACTION_SCHEMA[name] for name in cardstate.READS})
 
 
 # ------------------------------------------------------------------ sync
@@ -792,6 +977,7 @@ def sync(
             for future in pending:
                 if not future.cancelled():
                     _collect(future, futures[future], done, failures)
+        dataset.keep_states()
     return _finish(root, store_ids, done, failures, explicit=stores is not None)
 
 
@@ -915,6 +1101,7 @@ async def _sync_async(
 
         with bar, dataset.flusher:
             await asyncio.gather(*(one(s) for s in store_ids))
+        await asyncio.to_thread(dataset.keep_states)
     return _finish(root, store_ids, done, failures, explicit=stores is not None)
 
 
@@ -967,10 +1154,12 @@ def scan(
     root = Path(path).expanduser()
     manifest = _read_manifest(root)
     batch_files, tx_files = _files(root, manifest, stores, since, until)
-    return (
-        _scan_files(batch_files, frames.BATCH_SCHEMA),
-        _scan_files(tx_files, frames.TRANSACTION_SCHEMA),
-    )
+    txs = _scan_files(tx_files, frames.TRANSACTION_SCHEMA)
+    if stores is None and since is None and until is None and _states_current(manifest):
+        # The whole history: measures that follow cards read its cards' states instead.
+        states = manifest.get("cards", {}).get("files", ())
+        cardstate.attach(txs, [root / relative for relative in states])
+    return _scan_files(batch_files, frames.BATCH_SCHEMA), txs
 
 
 def load(

@@ -39,9 +39,12 @@ sys.path.insert(0, str(HERE.parent))
 from bench_frames import Clock, batches_of, duckdb_suite, synthetic_transactions  # noqa: E402
 
 
-def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 365) -> Path:
+def write_dataset(
+    path: Path, rows: int, chunk: int = 10_000_000, days: int = 365, states: bool = True
+) -> Path:
     """A dataset of ``rows`` synthetic transactions at ``path``, in ``sync``'s layout and
-    manifest, written chunk by chunk (each chunk 10 stores of its own)."""
+    manifest, written chunk by chunk (each chunk 10 stores of its own), then its cards'
+    states made (unless not ``states``)."""
     from giftcard_toolkit.analysis import dataset, frames
 
     manifest = dataset._new_manifest()
@@ -64,6 +67,8 @@ def write_dataset(path: Path, rows: int, chunk: int = 10_000_000, days: int = 36
             written += size
             del txs
     dataset._write_manifest(path, manifest)
+    if states:
+        dataset._keep_states(path)  # as a sync leaves it: with its cards' states
     return path
 
 
