@@ -878,9 +878,9 @@ def _write_states(root: Path, relative: str, states: pl.DataFrame | pl.LazyFrame
     temporary = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         if isinstance(states, pl.DataFrame):
-            states.write_parquet(temporary, compression="zstd")
+            states.write_parquet(temporary, compression="lz4")
         else:
-            states.sink_parquet(temporary, compression="zstd", engine="streaming")
+            states.sink_parquet(temporary, compression="lz4", engine="streaming")
         os.replace(temporary, final)
     except BaseException:
         with contextlib.suppress(OSError):
