@@ -226,6 +226,12 @@ def test_only_the_scan_of_the_whole_dataset_reads_the_states(written):
     ):
         assert cardstate.attached(partial) is None
     before = len(cardstate._ATTACHED)
+    held = cardstate._ATTACHED[id(scanned)][1]
+    moved = [path.rename(path.with_name(path.name + ".away")) for path in held]
+    assert cardstate.attached(scanned) is None, "its states replaced by a later sync"
+    for path in moved:
+        path.rename(path.with_name(path.name.removesuffix(".away")))
+    assert cardstate.attached(scanned) is not None
     del scanned
     gc.collect()
     assert len(cardstate._ATTACHED) == before - 1, "forgotten with its frame"

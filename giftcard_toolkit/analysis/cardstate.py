@@ -182,10 +182,14 @@ def attach(txs: pl.LazyFrame, files: Iterable[Path]) -> None:
 
 
 def attached(txs: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame | None:
-    """The card states of ``txs`` (a frame given to :func:`attach`), lazily; else None."""
+    """The card states of ``txs`` (a frame given to :func:`attach`), lazily; else None
+    (also when a later sync has replaced them since: the frame still reads the files it
+    was given, which the states that replaced them do not describe)."""
     with _ATTACHED_LOCK:
         found = _ATTACHED.get(id(txs))
     if found is None or found[0]() is not txs:
+        return None
+    if not all(path.exists() for path in found[1]):
         return None
     return scan_states(found[1])
 

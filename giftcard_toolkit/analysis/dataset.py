@@ -1149,7 +1149,8 @@ def scan(
     Only the files of its last complete sync are read. ``stores``, ``since`` and ``until``
     leave out, before anything is read, the files of other stores and of months outside the
     dates (then filter on ``at`` / ``opened_at`` for the exact days); a filter on
-    ``store_id`` skips other stores' files too.
+    ``store_id`` skips other stores' files too. The transactions of the whole dataset come
+    with its cards' states (``cardstate``), which the measures that follow cards read.
     """
     root = Path(path).expanduser()
     manifest = _read_manifest(root)
