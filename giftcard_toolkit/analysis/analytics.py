@@ -590,14 +590,18 @@ def _card_parts(txs: Frame) -> int:
     return max(1, -(-rows // _CARD_PART_ROWS))
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Follow:
     """Where a card-following measure finds each card's row: grouped from the
-    transactions, read in ``parts`` parts of cards (see ``_card_parts``); or read from the
-    card ``states`` a dataset keeps (``cardstate``), in one part."""
+    transactions ``txs``, read in ``parts`` parts of cards (see ``_card_parts``); or read
+    from the card ``states`` a dataset keeps (``cardstate``), in one part."""
 
-    parts: int
+    txs: Frame
     states: pl.LazyFrame | None = None
+
+    @functools.cached_property
+    def parts(self) -> int:
+        return 1 if self.states is not None else _card_parts(self.txs)
 
     def rows(self, part: pl.LazyFrame, *names: str) -> pl.LazyFrame:
         """``_card_rows`` of ``part`` (its transactions; unread with ``states``)."""
@@ -611,12 +615,12 @@ def _follow(txs: Frame, cut: datetime | None, *names: str) -> _Follow:
     by grouping its transactions. The two give the same rows."""
     states = cardstate.attached(txs)
     if states is None or "stores_used" in names:
-        return _Follow(_card_parts(txs))
+        return _Follow(txs)
     if cut is not None:
         last = states.select(pl.col("last_at").max()).collect(engine=ENGINE).item()
         if last is not None and last >= cut:
-            return _Follow(_card_parts(txs))
-    return _Follow(1, states)
+            return _Follow(txs)
+    return _Follow(txs, states)
 
 
 def _in_parts(
