@@ -743,8 +743,8 @@ class _Dataset:
         self.lock = threading.Lock()
         # Shared by the stores' commits, for the flushes of their files.
         self.flusher = ThreadPoolExecutor(max_workers=_FLUSHERS, thread_name_prefix="flush")
-        # The card states as the sync found them, and the states of what the stores'
-        # commits add (None once they cannot be topped up: made again at the end).
+        # The card states as the sync found them, and what the stores' commits add to the
+        # transactions (None once the states cannot be topped up: made again at the end).
         self.states_found: list[str] | None = (
             list(manifest.get("cards", {}).get("files", ())) if _states_current(manifest) else None
         )
@@ -767,16 +767,13 @@ class _Dataset:
             )
             if plan.fetched is None and entry is not None and entry == new_entry:
                 return report  # nothing new: nothing written
-            states = None
-            if added is not None and self.added is not None:
-                states = cardstate.of_transactions(added.lazy()).collect()
             with self.lock:
                 before = set(_manifest_files(self.manifest))
                 self.manifest["stores"][plan.store_id] = new_entry
                 self.manifest["generation"] = self.generation
                 _write_manifest(self.root, self.manifest)
                 gone = before - _manifest_files(self.manifest)
-                self._add_states(states)
+                self._add(added)
             for relative in gone:
                 with contextlib.suppress(FileNotFoundError):
                     (self.root / relative).unlink()
@@ -784,21 +781,22 @@ class _Dataset:
             raise _unwritable(self.root, failed) from failed
         return report
 
-    def _add_states(self, states: pl.DataFrame | None) -> None:
-        """Keep the states of what a store's commit added, for ``keep_states``; past
-        ``_ADDED_STATES_HELD`` rows, or with None (a store's stored rows changed), none are
-        kept and the states are made again from the files at the end."""
+    def _add(self, added: pl.DataFrame | None) -> None:
+        """Keep what a store's commit added to the transactions (what the card states are
+        made of), for ``keep_states``; past ``_ADDED_ROWS_HELD`` rows, or with None (a
+        store's stored rows changed), none are kept and the states are made again from the
+        files at the end."""
         if self.added is None:
             return
-        if states is None or self.added_rows + states.height > _ADDED_STATES_HELD:
+        if added is None or self.added_rows + added.height > _ADDED_ROWS_HELD:
             self.added = None
             return
-        self.added.append(states)
-        self.added_rows += states.height
+        self.added.append(added.select(cardstate.READS))
+        self.added_rows += added.height
 
     def keep_states(self) -> None:
         """Bring the card states (``cardstate``) to the transactions the manifest now names:
-        the states the sync found, with those of what its stores added merged in, or, when
+        the states the sync found, with the states of what its stores added merged in, or, when
         those cannot be trusted or were too many, made again from every transaction file
         (in parts of cards, so that memory stays that of one part). Written like the
         stores' files, then named by the manifest, then the files they replace removed."""
@@ -816,8 +814,8 @@ class _Dataset:
         try:
             if self.states_found is not None and self.added is not None:
                 held = cardstate.scan_states(self.root / relative for relative in self.states_found)
-                added = pl.concat([pl.DataFrame(schema=cardstate.STATE_SCHEMA), *self.added])
-                write(cardstate.merged_into(held, added))
+                added = pl.concat([pl.DataFrame(schema=_STATE_READS), *self.added]).lazy()
+                write(cardstate.merged_into(held, cardstate.of_transactions(added).collect()))
             else:
                 txs = _scan_files([self.root / relative for relative in files], _STATE_READS)
                 with _card_parts(self.root, txs) as parts:
@@ -901,9 +899,10 @@ def _keep_states(root: Path) -> None:
             found.keep_states()
 
 
-# The most card states of what a sync adds that it holds in memory to merge in at its end
-# (a day of a chain's sales touches far fewer cards); more, and the states are made again.
-_ADDED_STATES_HELD = 2_000_000
+# The most transactions a sync adds that it holds in memory (what the card states need of
+# them: about 0.2 GB a million), to merge their states in at its end; more (a first sync of
+# a large chain), and the states are made again from the files.
+_ADDED_ROWS_HELD = 2_000_000
 # Card states are made from the files in parts of cards of this many transactions each
 # (about 2 GB at once).
 _STATE_PART_ROWS = 5_000_000
