@@ -376,3 +376,24 @@ def test_a_sync_stopped_before_the_states_leaves_them_unread_then_makes_them(
         frames.sync(client, tmp_path, progress=False)
     assert cardstate.attached(frames.scan(tmp_path)[1]) is not None
     assert _kept_states(tmp_path).equals(_made_again(tmp_path))
+
+
+def test_a_sync_adding_more_than_it_holds_makes_the_states_from_the_files(
+    monkeypatch, server, tmp_path
+):
+    """A first sync of a large chain adds more transactions than it keeps in memory
+    (``_ADDED_ROWS_HELD``): the states are made from the files once the stores are
+    written, the same as topped up."""
+    made_from_files: list[int] = []
+    real_parts = dataset._card_parts
+
+    def card_parts(root, txs):
+        made_from_files.append(1)
+        return real_parts(root, txs)
+
+    monkeypatch.setattr(dataset, "_card_parts", card_parts)
+    monkeypatch.setattr(dataset, "_ADDED_ROWS_HELD", 1_000)
+    with _client(server) as client:
+        frames.sync(client, tmp_path, progress=False)
+    assert made_from_files == [1]
+    assert _kept_states(tmp_path).equals(_made_again(tmp_path))
