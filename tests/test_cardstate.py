@@ -63,6 +63,19 @@ def _follows_by_states(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     return seen
 
 
+def _counting_makings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each making of the states from the dataset's files (not a top-up)."""
+    made: list[int] = []
+    real_parts = dataset._card_parts
+
+    def card_parts(root, txs):
+        made.append(1)
+        return real_parts(root, txs)
+
+    monkeypatch.setattr(dataset, "_card_parts", card_parts)
+    return made
+
+
 # ------------------------------------------------------------------ the states themselves
 
 
@@ -263,14 +276,7 @@ def test_sync_keeps_the_states_and_tops_them_up(monkeypatch, server, tmp_path):
     """A first sync makes the states of what it fetched; syncs that add transactions (a
     sale, a redemption at another store, a batch grown then closed) merge the new ones in
     without reading the history again; a sync with nothing new writes nothing."""
-    made_from_files: list[int] = []
-    real_parts = dataset._card_parts
-
-    def card_parts(root, txs):
-        made_from_files.append(1)
-        return real_parts(root, txs)
-
-    monkeypatch.setattr(dataset, "_card_parts", card_parts)
+    made_from_files = _counting_makings(monkeypatch)
     home, away = server.stores[0], server.stores[1]
     card = [c for c in server.card_stock if not c.sold and c.store_id == home.id][-2]
     with _client(server) as client:
@@ -384,14 +390,7 @@ def test_a_sync_adding_more_than_it_holds_makes_the_states_from_the_files(
     """A first sync of a large chain adds more transactions than it keeps in memory
     (``_ADDED_ROWS_HELD``): the states are made from the files once the stores are
     written, the same as topped up."""
-    made_from_files: list[int] = []
-    real_parts = dataset._card_parts
-
-    def card_parts(root, txs):
-        made_from_files.append(1)
-        return real_parts(root, txs)
-
-    monkeypatch.setattr(dataset, "_card_parts", card_parts)
+    made_from_files = _counting_makings(monkeypatch)
     monkeypatch.setattr(dataset, "_ADDED_ROWS_HELD", 1_000)
     with _client(server) as client:
         frames.sync(client, tmp_path, progress=False)
