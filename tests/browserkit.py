@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -66,11 +67,16 @@ def chrome(size: tuple[int, int] = WIDE) -> Iterator[Any]:
     ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(options=options, service=Service(driver))
-    try:
-        yield browser
-    finally:
-        browser.quit()
+    # Chromium's profile and its singleton socket go to a temporary folder of their own,
+    # removed after: chromedriver stops Chromium before it cleans up, which otherwise
+    # leaves an org.chromium.Chromium.* folder in the system's temporary folder each time.
+    with tempfile.TemporaryDirectory(prefix="giftcard-browser-", ignore_cleanup_errors=True) as own:
+        service = Service(driver, env={**os.environ, "TMPDIR": own})
+        browser = webdriver.Chrome(options=options, service=service)
+        try:
+            yield browser
+        finally:
+            browser.quit()
 
 
 def resize(browser: Any, size: tuple[int, int]) -> None:

@@ -161,3 +161,19 @@ def test_the_demo_notebooks_and_tests_leave_tmpdir_empty(tmp_path):
     while any(empty.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert sorted(p.name for p in empty.iterdir()) == []
+
+
+def test_a_browser_leaves_nothing_in_the_temporary_folder():
+    """The browser tests' Chromium keeps its profile and singleton socket in a folder of
+    its own, removed with it (chromedriver stops it before it cleans up after itself)."""
+    import tempfile
+
+    import browserkit
+
+    system_tmp = Path(tempfile.gettempdir())
+    before = set(system_tmp.iterdir())
+    with browserkit.chrome() as browser:
+        browser.get("data:text/html,<p>hello</p>")
+        assert browser.find_element("css selector", "p").text == "hello"
+    new = {path.name for path in set(system_tmp.iterdir()) - before}
+    assert {name for name in new if "chromium" in name.lower() or "browser" in name} == set()
