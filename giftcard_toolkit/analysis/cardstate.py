@@ -165,7 +165,7 @@ def covers(transaction_files: Iterable[str]) -> str:
 # ------------------------------------------------------------ scans and their states
 
 _ATTACHED: dict[int, tuple[weakref.ref[pl.LazyFrame], tuple[Path, ...]]] = {}
-_ATTACHED_LOCK = threading.Lock()
+_ATTACHED_LOCK = threading.RLock()  # a frame may be collected (its callback run) while held
 
 
 def attach(txs: pl.LazyFrame, files: Iterable[Path]) -> None:
