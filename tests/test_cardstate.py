@@ -35,15 +35,18 @@ def _manifest(path: Path) -> dict:
     return json.loads((path / dataset.MANIFEST).read_text())
 
 
+_BY_CARD = ["card_ref", "card_last4"]
+
+
 def _kept_states(path: Path) -> pl.DataFrame:
     files = [path / relative for relative in _manifest(path)["cards"]["files"]]
-    return cardstate.scan_states(files).collect().sort("card", nulls_last=True)
+    return cardstate.scan_states(files).collect().sort(_BY_CARD, nulls_last=True)
 
 
 def _made_again(path: Path) -> pl.DataFrame:
     """The states made from the dataset's transactions in one pass, in memory."""
     _, txs = frames.load(path)
-    return cardstate.of_transactions(txs.lazy()).collect().sort("card", nulls_last=True)
+    return cardstate.of_transactions(txs.lazy()).collect().sort(_BY_CARD, nulls_last=True)
 
 
 def _follows_by_states(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
@@ -66,13 +69,13 @@ def _follows_by_states(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 def _counting_makings(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record each making of the states from the dataset's files (not a top-up)."""
     made: list[int] = []
-    real_parts = dataset._card_parts
+    real_parts = dataset._parts_of_cards
 
     def card_parts(root, txs):
         made.append(1)
         return real_parts(root, txs)
 
-    monkeypatch.setattr(dataset, "_card_parts", card_parts)
+    monkeypatch.setattr(dataset, "_parts_of_cards", card_parts)
     return made
 
 
@@ -101,14 +104,13 @@ def test_the_states_are_each_cards_whole_history(written):
     states = _kept_states(written)
     _, txs = frames.load(written)
     assert states.equals(_made_again(written))
-    assert (
-        states["card"].n_unique() == states.height == txs.select(cardstate.CARD.n_unique()).item()
-    )
+    cards = txs.select(cardstate.CARD.n_unique()).item()
+    assert states.select(cardstate.CARD.n_unique()).item() == states.height == cards
     assert states["card_ref"].null_count() > 0, "some cards are known by their last digits"
     one = states.filter(pl.col("card_ref").is_not_null(), pl.col("transactions") > 3).row(
         0, named=True
     )
-    history = txs.filter(pl.col("card_ref") == one["card"]).sort("at", "position")
+    history = txs.filter(pl.col("card_ref") == one["card_ref"]).sort("at", "position")
     first, last = history.row(0, named=True), history.row(-1, named=True)
     sale = history.filter(pl.col("type") == "sale").row(0, named=True)
     assert (one["first_at"], one["opening_balance"]) == (first["at"], first["previous_balance"])
@@ -167,16 +169,16 @@ def test_the_states_of_parts_merged_are_the_state_of_the_whole(history, cuts):
     """However a card's history is split (the syncs of a dataset), the merged states of
     the parts are the state of the whole, and merging in a part that is already merged
     changes no card it does not name."""
-    whole = cardstate.of_transactions(history.lazy()).collect().sort("card", nulls_last=True)
+    whole = cardstate.of_transactions(history.lazy()).collect().sort(_BY_CARD, nulls_last=True)
     bounds = sorted({0, history.height, *(min(c, history.height) for c in cuts)})
     parts = [history.slice(a, b - a) for a, b in zip(bounds, bounds[1:], strict=False)]
     states = [cardstate.of_transactions(part.lazy()).collect() for part in parts]
-    merged = cardstate.merge(pl.concat(states).lazy()).collect().sort("card", nulls_last=True)
+    merged = cardstate.merge(pl.concat(states).lazy()).collect().sort(_BY_CARD, nulls_last=True)
     assert merged.equals(whole)
     held = states[0].lazy()
     for added in states[1:]:
         held = cardstate.merged_into(held, added)
-    assert held.collect().sort("card", nulls_last=True).equals(whole)
+    assert held.collect().sort(_BY_CARD, nulls_last=True).equals(whole)
 
 
 # ------------------------------------------------------- measures read from the states

@@ -66,7 +66,7 @@ ENGINE: Final = "streaming"
 
 # A card: its reference, else its last four digits. Grouped by its hash (see ``_card_rows``):
 # turning millions of them into categorical codes first costs more than the grouping saves.
-_CARD = pl.coalesce("card_ref", "card_last4").alias("card")
+_CARD = cardstate.CARD
 _SIGNED = pl.when(pl.col("type") == "redeem").then(-pl.col("amount")).otherwise(pl.col("amount"))
 # The server's order of a card's transactions: time, then place in the batch (``position``),
 # so that a card's first and last never depend on the rows' order when times tie. One
@@ -428,7 +428,7 @@ def _card_rows(lf: pl.LazyFrame, *names: str, states: pl.LazyFrame | None = None
     key = (pl.col("card") if by_text else _HASHED_CARD).alias(_CARD_KEY)
     if states is not None:  # one row a card already: two share a key if it is repeated
         shared = pl.lit(False) if by_text else _HASHED_CARD.is_duplicated()
-        grouped = states.select(
+        grouped = states.with_columns(_CARD).select(
             key, *(_FROM_STATE[name].alias(name) for name in needed), shared.alias("_shared")
         )
     else:
@@ -534,14 +534,12 @@ def _order_columns(txs: Frame) -> list[pl.Expr]:
             and last - _ORDER_EPOCH_US < 1 << _TIME_BITS
             and (low is None or (low >= 0 and high < 1 << _POSITION_BITS))
         )
-    dtype: pl.DataType
     if narrow:
         order = (_AT_US - _ORDER_EPOCH_US) * (1 << _POSITION_BITS) + pl.col("position")
-        later, dtype = 1 << 62, pl.Int64()
-    else:
-        order = _AT_US.cast(pl.Int128) * (1 << 32) + pl.col("position")
-        later, dtype = 1 << 100, pl.Int128()
-    home = order + pl.when(pl.col("type") == "sale").then(0).otherwise(later).cast(dtype)
+        home = order + pl.when(_of_type("sale")).then(0).otherwise(1 << 62).cast(pl.Int64)
+    else:  # as the cards' states order them
+        order = cardstate.order(pl.col("at"), pl.col("position"))
+        home = cardstate.home_key(order, _of_type("sale"))
     return [order.alias("order"), home.alias("home_key")]
 
 
@@ -636,22 +634,7 @@ def _in_parts(
         return [lf]
     if folder is None:
         return [lf.filter(part_of == part) for part in range(parts)]
-    schema = lf.collect_schema()
-    lf.with_columns(part_of.alias("_part")).sink_parquet(
-        pl.PartitionBy(folder, key="_part", include_key=False),
-        compression="lz4",
-        mkdir=True,
-        engine=ENGINE,
-    )
-    found = []
-    for part in range(parts):
-        files = sorted(Path(folder, f"_part={part}").glob("*.parquet"))
-        found.append(
-            pl.scan_parquet(files, hive_partitioning=False).select(*schema)
-            if files
-            else pl.LazyFrame(schema=schema)
-        )
-    return found
+    return cardstate.in_parts(lf, part_of, parts, Path(folder))
 
 
 def _add_parts(

@@ -33,7 +33,6 @@ from giftcard_toolkit.analysis.frames import MONEY, TIME
 CARD = pl.coalesce("card_ref", "card_last4").alias("card")
 
 _STATE_COLUMNS: dict[str, Any] = {
-    "card": pl.String,
     "card_ref": pl.String,
     "card_last4": pl.String,
     "first_at": TIME,
@@ -70,10 +69,16 @@ READS = (
 )
 
 
-def _order(at: pl.Expr, position: pl.Expr) -> pl.Expr:
+def order(at: pl.Expr, position: pl.Expr) -> pl.Expr:
     """The server's order in 128 bits: the time in microseconds, then the place in the
-    batch (``analytics`` orders the same way)."""
+    batch (``analytics`` narrows it to 64 bits for a frame in memory that fits)."""
     return at.dt.epoch("us").cast(pl.Int128) * (1 << 32) + position
+
+
+def home_key(order: pl.Expr, sale: pl.Expr) -> pl.Expr:
+    """A transaction's key for the card's home, the smallest: a sale's is its ``order``,
+    any other's its order pushed past every sale's."""
+    return order + pl.when(sale).then(0).otherwise(1 << 100).cast(pl.Int128)
 
 
 _FIRST = ("first_at", "first_position", "opening_balance")
@@ -109,17 +114,15 @@ _OF_STATE: dict[str, pl.Expr] = {
 }
 
 
-def _grouped(lf: pl.LazyFrame, card: pl.Expr, source: dict[str, pl.Expr]) -> pl.LazyFrame:
-    """One state a card (``card``) of ``lf``, its columns read by ``source``: a first,
+def _grouped(lf: pl.LazyFrame, source: dict[str, pl.Expr]) -> pl.LazyFrame:
+    """One state a card (``CARD``) of ``lf``, its columns read by ``source``: a first,
     last and home picked by ``min_by``/``max_by`` of their order (polars' fast grouping
     path: no sort), the sums summed."""
-    first = _order(source["first_at"], source["first_position"])
-    last = _order(source["last_at"], source["last_position"])
-    home = _order(source["home_at"], source["home_position"]) + pl.when(source["home_sale"]).then(
-        0
-    ).otherwise(1 << 100).cast(pl.Int128)
+    first = order(source["first_at"], source["first_position"])
+    last = order(source["last_at"], source["last_position"])
+    home = home_key(order(source["home_at"], source["home_position"]), source["home_sale"])
     return (
-        lf.group_by(card.alias("card"))
+        lf.group_by(CARD)
         .agg(
             *(source[name].first().alias(name) for name in ("card_ref", "card_last4")),
             *(source[name].min_by(first).alias(name) for name in _FIRST),
@@ -134,22 +137,46 @@ def _grouped(lf: pl.LazyFrame, card: pl.Expr, source: dict[str, pl.Expr]) -> pl.
 def merge(states: pl.LazyFrame) -> pl.LazyFrame:
     """One state a card from ``states`` (several rows a card, each the state of a disjoint
     part of its transactions)."""
-    return _grouped(states, pl.col("card"), _OF_STATE)
+    return _grouped(states, _OF_STATE)
 
 
 def of_transactions(txs: pl.LazyFrame) -> pl.LazyFrame:
     """The state of each card of ``txs`` (transactions of ``frames.TRANSACTION_SCHEMA``):
     what :func:`merge` makes of the transactions' own states, in one pass."""
-    return _grouped(txs, CARD, _OF_TRANSACTION)
+    return _grouped(txs, _OF_TRANSACTION)
 
 
 def merged_into(held: pl.LazyFrame, added: pl.DataFrame) -> pl.LazyFrame:
     """``held`` (states) with the states ``added`` merged in: the cards ``added`` does not
     name are passed through as they are (streamed), only the others are grouped."""
-    named = added.lazy().select("card")
-    untouched = held.join(named, on="card", how="anti", nulls_equal=True)
-    touched = pl.concat([held.join(named, on="card", how="semi", nulls_equal=True), added.lazy()])
-    return pl.concat([untouched, merge(touched)])
+    named = added.lazy().select(CARD)
+    held = held.with_columns(CARD)
+    untouched = held.join(named, on="card", how="anti", nulls_equal=True).drop("card")
+    touched = held.join(named, on="card", how="semi", nulls_equal=True).drop("card")
+    return pl.concat([untouched, merge(pl.concat([touched, added.lazy()]))])
+
+
+def in_parts(lf: pl.LazyFrame, part_of: pl.Expr, parts: int, folder: Path) -> list[pl.LazyFrame]:
+    """``lf`` as ``parts`` frames of whole cards (``part_of``: a hash of the card modulo
+    ``parts``), written once to their own Parquet files in ``folder`` (lz4: read back soon,
+    then deleted), so that each part is read alone rather than filtered from all of
+    ``lf`` again."""
+    schema = lf.collect_schema()
+    lf.with_columns(part_of.alias("_part")).sink_parquet(
+        pl.PartitionBy(folder, key="_part", include_key=False),
+        compression="lz4",
+        mkdir=True,
+        engine="streaming",
+    )
+    found = []
+    for part in range(parts):
+        files = sorted(Path(folder, f"_part={part}").glob("*.parquet"))
+        found.append(
+            pl.scan_parquet(files, hive_partitioning=False).select(*schema)
+            if files
+            else pl.LazyFrame(schema=schema)
+        )
+    return found
 
 
 def covers(transaction_files: Iterable[str]) -> str:

@@ -280,8 +280,12 @@ def _manifest_files(manifest: dict[str, Any]) -> set[str]:
         if entry.get("batches"):
             held.add(entry["batches"])
         held.update(entry.get("transactions", {}).values())
-    held.update(manifest.get("cards", {}).get("files", ()))
+    held.update(_state_files(manifest))
     return held
+
+
+def _state_files(manifest: dict[str, Any]) -> list[str]:
+    return list(manifest.get("cards", {}).get("files", ()))
 
 
 def _transaction_files(manifest: dict[str, Any]) -> list[str]:
@@ -745,9 +749,7 @@ class _Dataset:
         self.flusher = ThreadPoolExecutor(max_workers=_FLUSHERS, thread_name_prefix="flush")
         # The card states as the sync found them, and what the stores' commits add to the
         # transactions (None once the states cannot be topped up: made again at the end).
-        self.states_found: list[str] | None = (
-            list(manifest.get("cards", {}).get("files", ())) if _states_current(manifest) else None
-        )
+        self.states_found = _state_files(manifest) if _states_current(manifest) else None
         self.added: list[pl.DataFrame] | None = [] if self.states_found is not None else None
         self.added_rows = 0
 
@@ -818,7 +820,7 @@ class _Dataset:
                 write(cardstate.merged_into(held, cardstate.of_transactions(added).collect()))
             else:
                 txs = _scan_files([self.root / relative for relative in files], _STATE_READS)
-                with _card_parts(self.root, txs) as parts:
+                with _parts_of_cards(self.root, txs) as parts:
                     for part in parts:
                         # The in-memory engine: polars' streaming grouping holds several
                         # times more for the firsts and lasts of this many columns.
@@ -836,11 +838,10 @@ class _Dataset:
 
 
 @contextlib.contextmanager
-def _card_parts(root: Path, txs: pl.LazyFrame) -> Iterator[list[pl.LazyFrame]]:
-    """``txs`` as parts of whole cards (by a hash of the card) of about
-    ``_STATE_PART_ROWS`` transactions each: written once to their own files in a folder of
-    the dataset's ``cards/`` (on the dataset's disk; removed after, or by the next sync),
-    so that each part is read alone."""
+def _parts_of_cards(root: Path, txs: pl.LazyFrame) -> Iterator[list[pl.LazyFrame]]:
+    """``txs`` as parts of whole cards of about ``_STATE_PART_ROWS`` transactions each,
+    written once to their own files in a folder of the dataset's ``cards/`` (on the
+    dataset's disk; removed after, or by the next sync)."""
     rows = txs.select(pl.len()).collect(engine="streaming").item()
     count = -(-rows // _STATE_PART_ROWS)
     if count <= 1:
@@ -849,19 +850,7 @@ def _card_parts(root: Path, txs: pl.LazyFrame) -> Iterator[list[pl.LazyFrame]]:
     (root / "cards").mkdir(exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix=_BUILDING, dir=root / "cards"))
     try:
-        part_of = (cardstate.CARD.hash().fill_null(0) % count).alias("_part")
-        txs.with_columns(part_of).sink_parquet(
-            pl.PartitionBy(folder, key="_part", include_key=False),
-            compression="lz4",
-            mkdir=True,
-            engine="streaming",
-        )
-        yield [
-            pl.scan_parquet(files, hive_partitioning=False).select(*_STATE_READS)
-            if (files := sorted(Path(folder, f"_part={part}").glob("*.parquet")))
-            else pl.LazyFrame(schema=_STATE_READS)
-            for part in range(count)
-        ]
+        yield cardstate.in_parts(txs, cardstate.CARD.hash().fill_null(0) % count, count, folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -1157,8 +1146,7 @@ def scan(
     txs = _scan_files(tx_files, frames.TRANSACTION_SCHEMA)
     if stores is None and since is None and until is None and _states_current(manifest):
         # The whole history: measures that follow cards read its cards' states instead.
-        states = manifest.get("cards", {}).get("files", ())
-        cardstate.attach(txs, [root / relative for relative in states])
+        cardstate.attach(txs, [root / relative for relative in _state_files(manifest)])
     return _scan_files(batch_files, frames.BATCH_SCHEMA), txs
 
 
